@@ -1,0 +1,64 @@
+//! `sluice-operator`: the Kubernetes controller for Pipelines.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The Sluice operator: reconciles Pipeline resources into processor StatefulSets and function
+/// Deployments, and scales functions on consumer lag.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-operator", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller (in-cluster config, else KUBECONFIG).
+    Run {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Print the Pipeline CRD as YAML (the source of crds/pipelines.sluice.dev.yaml).
+    Crd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Crd => {
+            print!("{}", sluice_crds::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Run { namespace } => {
+            tracing::debug!(?namespace, "run requested");
+            eprintln!(
+                "sluice-operator run: the controller is not implemented yet (tracked in the operator issue); \
+                 nothing was started"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
