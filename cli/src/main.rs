@@ -1,1 +1,149 @@
-fn main() {}
+//! `sluice`: validate Pipelines, run them locally, generate quickstart data, query a processor.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_telemetry::LogFormat;
+
+/// Serverless stream processing on Apache Kafka: one Pipeline of SQL and functions.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole Pipeline on this machine: the processor and every function.
+    Run {
+        /// The Pipeline file.
+        pipeline: PathBuf,
+        /// Kafka to use; without it an embedded in-process Kafka is started (demo only).
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+        /// Where the processor keeps its state.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+        #[arg(long = "for")]
+        run_for: Option<String>,
+    },
+    /// Check Pipeline files against the API schema and rules; exit 1 on any error.
+    Validate {
+        /// Pipeline files (YAML, one or more documents each).
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Produce the quickstart data sets of the seed example (JSON values).
+    Datagen {
+        /// Which data set.
+        #[arg(long, value_enum)]
+        quickstart: Quickstart,
+        /// Topic to produce to.
+        #[arg(long)]
+        topic: String,
+        /// Records to produce (default: until stopped).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Records per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "localhost:9092")]
+        bootstrap_servers: String,
+    },
+    /// Run a pull or push query against a processor.
+    Query {
+        /// The processor's HTTP address.
+        #[arg(long, default_value = "http://localhost:8088")]
+        server: String,
+        /// The SQL statement.
+        sql: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Quickstart {
+    Stocktrade,
+    Users,
+    Pageviews,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sluice_telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Validate { pipelines } => validate(&pipelines),
+        Command::Run { .. } => not_yet(
+            "sluice run",
+            "the local runner arrives with the processor and function-runner issues",
+        ),
+        Command::Datagen { .. } => not_yet(
+            "sluice datagen",
+            "the data generator arrives with the processor runtime issue",
+        ),
+        Command::Query { .. } => not_yet(
+            "sluice query",
+            "queries arrive with the processor runtime issue",
+        ),
+    }
+}
+
+fn not_yet(command: &str, why: &str) -> ExitCode {
+    eprintln!("{command}: not implemented yet ({why}); nothing was done");
+    ExitCode::from(2)
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        let shown = file.display();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{shown}: cannot read: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        match sluice_crds::validate::load_pipelines(&text) {
+            Ok(pipelines) => {
+                for p in pipelines {
+                    let name = p.metadata.name.as_deref().unwrap_or_default();
+                    let functions = p.spec.functions.len();
+                    let processor = if p.spec.processor.is_some() {
+                        "a processor"
+                    } else {
+                        "no processor"
+                    };
+                    println!(
+                        "{shown}: Pipeline {name:?} is valid ({processor}, {functions} function{}); \
+                         its SQL is not analysed yet",
+                        if functions == 1 { "" } else { "s" }
+                    );
+                }
+            }
+            Err(problems) => {
+                failed = true;
+                for problem in problems {
+                    let doc = if problem.document > 0 {
+                        format!(" (document {})", problem.document + 1)
+                    } else {
+                        String::new()
+                    };
+                    eprintln!("{shown}{doc}: {problem}");
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sluice_telemetry::LogFormat;
 
 /// The Sluice operator: reconciles Pipeline resources into processor StatefulSets and function
 /// Deployments, and scales functions on consumer lag.
@@ -10,7 +11,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "sluice-operator", version, about)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -29,15 +30,9 @@ enum Command {
     Crd,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    sluice_telemetry::init(cli.log_format);
     match cli.command {
         Command::Crd => {
             print!("{}", sluice_crds::crd_yaml());
@@ -51,14 +46,5 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

@@ -78,10 +78,14 @@ fetch() {
   local tmp="$KAFKA_HOME/libs.tmp.$$"
   rm -rf "$tmp"
   local started=$SECONDS
-  if ! mvn -B -q -f "$POM" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+  # Maven output is kept in a file (Maven 3.8 prints stray ANSI resets even with -q)
+  # and shown only on failure.
+  local mvn_log="$KAFKA_HOME/fetch.log"
+  if ! mvn -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" >"$mvn_log" 2>&1; then
+    sed 's/\x1b\[[0-9;]*m//g' "$mvn_log" | tail -n 50 >&2
     rm -rf "$tmp"
-    die "mvn dependency:copy-dependencies failed"
+    die "mvn dependency:copy-dependencies failed (full output: $mvn_log)"
   fi
   [[ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]] || { rm -rf "$tmp"; die "mvn did not produce kafka_2.13-$KAFKA_VERSION.jar"; }
   rm -f "$MARKER"
@@ -241,6 +245,7 @@ start_once() {
   fi
   # setsid: own session, so a Ctrl-C or process-group kill of the caller leaves
   # the broker alone; the inner bash records its pid and execs java in place.
+  # shellcheck disable=SC2016  # $$ / $1 are meant for the inner bash
   setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PID_FILE" \
     "$JAVA" "${jvm_opts[@]}" -cp "$LIBS/*" kafka.Kafka "$PROPS" \
     >"$STDOUT_LOG" 2>&1 </dev/null &
@@ -317,6 +322,7 @@ stop_broker_keep_logs() {
   local pid
   if pid="$(running_pid)"; then
     kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   fi
   rm -f "$PID_FILE" "$ENV_FILE"
   log "logs kept in $LOG_DIR"

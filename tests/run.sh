@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The test command (README, CI): install what is missing, build, start a real Kafka broker and a
+# real kube-apiserver, run the whole suite against them, and stop both even when tests fail.
+#
+#   tests/run.sh                 # everything
+#   tests/run.sh -p sluice-crds  # extra arguments go to `cargo test`
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+timings=()
+phase_start=$SECONDS
+phase() {  # phase NAME: close the running phase, start the next
+  local now=$SECONDS
+  if [[ -n "${phase_name:-}" ]]; then
+    timings+=("$(printf '%-28s %5ss' "$phase_name" $((now - phase_start)))")
+  fi
+  phase_name=$1
+  phase_start=$now
+  [[ -n "$phase_name" ]] && echo "==> $phase_name" >&2
+  return 0
+}
+report() {
+  phase ""
+  echo "==> phase timings" >&2
+  printf '    %s\n' "${timings[@]}" >&2
+}
+stop_services() {
+  local rc=$?
+  tests/infra/kafka.sh stop >&2 || true
+  tests/infra/kube.sh stop >&2 || true
+  report
+  exit $rc
+}
+
+phase "install missing packages"
+tests/infra/deps.sh
+
+phase "fetch Kafka jars"
+tests/infra/kafka.sh fetch
+
+phase "build kube-apiserver, etcd"
+tests/infra/kube.sh build
+
+phase "check formatting"
+cargo fmt --all --check
+
+phase "build (cargo test --no-run)"
+cargo test --workspace --locked --no-run "$@"
+
+phase "check CRD is up to date"
+"$CARGO_TARGET_DIR/debug/sluice-operator" crd | diff -u "crds/pipelines.sluice.dev.yaml" - \
+  || { echo "crds/pipelines.sluice.dev.yaml is out of date: cargo run -p sluice-operator -- crd > crds/pipelines.sluice.dev.yaml" >&2; exit 1; }
+
+trap stop_services EXIT
+phase "start Kafka"
+kafka_env=$(tests/infra/kafka.sh start)
+eval "$kafka_env"
+phase "start kube-apiserver"
+kube_env=$(tests/infra/kube.sh start)
+eval "$kube_env"
+echo "==> real services: Apache Kafka $SLUICE_TEST_KAFKA_VERSION at $SLUICE_TEST_BOOTSTRAP; Kubernetes $SLUICE_TEST_KUBE_VERSION (kubeconfig $SLUICE_TEST_KUBECONFIG)" >&2
+
+phase "cargo test"
+cargo test --workspace --locked "$@"
