@@ -7,8 +7,9 @@
 #   kafka.sh env     print the export lines of the running broker (exit 1 if none)
 #   kafka.sh stop    stop the broker and remove its run dir (exit 0 if none runs)
 #
-# stdout carries only the export lines (so `eval "$(tests/infra/kafka.sh start)"`
-# works); all progress and diagnostics go to stderr.
+# stdout carries only the export lines; all progress and diagnostics go to stderr.
+# Use it as `exports="$(tests/infra/kafka.sh start)" && eval "$exports"` (a bare
+# `eval "$(...)"` would swallow a failed start). The same lines are in <run dir>/env.
 #
 # `start` while a broker from the same run dir is running stops that broker first
 # and starts a fresh one with empty data: every start gives a clean cluster.
@@ -26,11 +27,14 @@ CONF_DIR="$SCRIPT_DIR/kafka"
 POM="$CONF_DIR/pom.xml"
 
 CACHE_ROOT="${SLUICE_CACHE:-$HOME/.cache/sluice}"
+RUN_ROOT="${SLUICE_RUN_DIR:-$HOME/.cache/sluice/run}"
+# Relative overrides are resolved against the caller's cwd (the broker keeps absolute paths).
+[[ "$CACHE_ROOT" == /* ]] || CACHE_ROOT="$PWD/$CACHE_ROOT"
+[[ "$RUN_ROOT" == /* ]] || RUN_ROOT="$PWD/$RUN_ROOT"
 KAFKA_HOME="$CACHE_ROOT/kafka-$KAFKA_VERSION"
 LIBS="$KAFKA_HOME/libs"
 MARKER="$KAFKA_HOME/.libs-complete"
 
-RUN_ROOT="${SLUICE_RUN_DIR:-$HOME/.cache/sluice/run}"
 RUN_DIR="$RUN_ROOT/kafka"
 PID_FILE="$RUN_DIR/kafka.pid"
 ENV_FILE="$RUN_DIR/env"
@@ -245,10 +249,11 @@ start_once() {
   fi
   # setsid: own session, so a Ctrl-C or process-group kill of the caller leaves
   # the broker alone; the inner bash records its pid and execs java in place.
+  # The broker runs with the run dir as cwd (JVM crash files land there).
   # shellcheck disable=SC2016  # $$ / $1 are meant for the inner bash
-  setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PID_FILE" \
+  (cd "$RUN_DIR" && exec setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PID_FILE" \
     "$JAVA" "${jvm_opts[@]}" -cp "$LIBS/*" kafka.Kafka "$PROPS" \
-    >"$STDOUT_LOG" 2>&1 </dev/null &
+    >"$STDOUT_LOG" 2>&1 </dev/null) &
   disown $! 2>/dev/null || true
 
   local t0=$SECONDS pid="" started_seen=0
@@ -256,8 +261,7 @@ start_once() {
     [[ -n "$pid" ]] || pid="$(cat "$PID_FILE" 2>/dev/null || true)"
     if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
       if grep -qs 'BindException\|Address already in use' "$SERVER_LOG" "$STDOUT_LOG"; then
-        log "a picked port was taken before the broker bound it"
-        dump_logs
+        log "a picked port was taken before the broker bound it ($(grep -hom1 'failed to bind to [0-9.:]*' "$SERVER_LOG" || true))"
         START_RESULT=retry
         return 0
       fi
