@@ -314,7 +314,10 @@ cmd_start() {
     start_once
     case "$START_RESULT" in
       ready) cat "$ENV_FILE"; return 0 ;;
-      retry) stop_broker; log "retrying with new ports (attempt $((attempt + 1)) of 3)" ;;
+      retry)
+        stop_broker
+        if ((attempt < 3)); then log "retrying with new ports (attempt $((attempt + 1)) of 3)"; fi
+        ;;
       *) stop_broker_keep_logs; exit 1 ;;
     esac
   done
