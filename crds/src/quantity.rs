@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The CEL rule attached to every byte-size field.
 /// `string(self)` covers both forms: an integer becomes its decimal text, itself a quantity.
-pub const BYTE_SIZE_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).sign() == 1 && quantity(string(self)).isInteger()";
+pub const BYTE_SIZE_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).asInteger() > 0";
 
 /// A positive whole number of bytes, written as a Kubernetes quantity.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -217,8 +217,11 @@ impl JsonSchema for ByteSize {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // maxLength bounds the CEL cost estimate of `string(self)` (the apiserver refuses rules
+        // whose estimated cost is unbounded); 32 characters hold any quantity that fits in i64.
         json_schema!({
             "x-kubernetes-int-or-string": true,
+            "maxLength": 32,
             "x-kubernetes-validations": [{
                 "rule": BYTE_SIZE_RULE,
                 "message": "must be a positive whole number of bytes, as an integer or a quantity such as 6Mi",

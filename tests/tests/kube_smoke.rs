@@ -58,10 +58,13 @@ async fn install_crd(client: &Client) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
-    anyhow::ensure!(
-        status.is_success(),
-        "applying the CRD failed with HTTP {status}"
-    );
+    if !status.is_success() {
+        let body = response.into_body().collect_bytes().await?;
+        anyhow::bail!(
+            "applying the CRD failed with HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     tokio::time::timeout(
         Duration::from_secs(30),
