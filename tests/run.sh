@@ -28,11 +28,18 @@ report() {
   echo "==> phase timings" >&2
   printf '    %s\n' "${timings[@]}" >&2
 }
+test_log=$(mktemp)
+summary() {  # the totals of every `test result:` line, as the run's closing line
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+       END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
+}
 stop_services() {
   local rc=$?
   tests/infra/kafka.sh stop >&2 || true
   tests/infra/kube.sh stop >&2 || true
   report
+  summary
+  rm -f "$test_log"
   exit $rc
 }
 
@@ -65,4 +72,4 @@ eval "$kube_env"
 echo "==> real services: Apache Kafka $SLUICE_TEST_KAFKA_VERSION at $SLUICE_TEST_BOOTSTRAP; Kubernetes $SLUICE_TEST_KUBE_VERSION (kubeconfig $SLUICE_TEST_KUBECONFIG)" >&2
 
 phase "cargo test"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@" 2>&1 | tee "$test_log"
