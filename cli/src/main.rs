@@ -116,14 +116,22 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                 for p in pipelines {
                     let name = p.metadata.name.as_deref().unwrap_or_default();
                     let functions = p.spec.functions.len();
-                    let processor = if p.spec.processor.is_some() {
-                        "a processor"
-                    } else {
-                        "no processor"
-                    };
+                    let mut processor = "no processor".to_owned();
+                    if let Some(spec) = &p.spec.processor {
+                        match sluice_sql::parse_statements(&spec.sql) {
+                            Ok(statements) => {
+                                processor = format!("{} SQL statements", statements.len())
+                            }
+                            Err(e) => {
+                                eprintln!("{shown}: Pipeline {name:?}: spec.processor.sql: {e}");
+                                failed = true;
+                                continue;
+                            }
+                        }
+                    }
                     println!(
                         "{shown}: Pipeline {name:?} is valid ({processor}, {functions} function{}); \
-                         its SQL is not analysed yet",
+                         the SQL's syntax is checked, its names and types not yet",
                         if functions == 1 { "" } else { "s" }
                     );
                 }
