@@ -3,15 +3,14 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_telemetry::LogFormat;
+use sluice_telemetry::LogArgs;
 
 /// Serverless stream processing on Apache Kafka: one Pipeline of SQL and functions.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -76,21 +75,16 @@ enum Quickstart {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice_telemetry::init(cli.log_format);
+    cli.log.init();
     match cli.command {
         Command::Validate { pipelines } => validate(&pipelines),
-        Command::Run { .. } => not_yet(
-            "sluice run",
-            "the local runner arrives with the processor and function-runner issues",
-        ),
-        Command::Datagen { .. } => not_yet(
-            "sluice datagen",
-            "the data generator arrives with the processor runtime issue",
-        ),
-        Command::Query { .. } => not_yet(
-            "sluice query",
-            "queries arrive with the processor runtime issue",
-        ),
+        Command::Run { .. } => {
+            not_yet("sluice run", "the local runner arrives with the processor and function-runner issues")
+        }
+        Command::Datagen { .. } => {
+            not_yet("sluice datagen", "the data generator arrives with the processor runtime issue")
+        }
+        Command::Query { .. } => not_yet("sluice query", "queries arrive with the processor runtime issue"),
     }
 }
 
@@ -119,9 +113,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                     let mut processor = "no processor".to_owned();
                     if let Some(spec) = &p.spec.processor {
                         match sluice_sql::parse_statements(&spec.sql) {
-                            Ok(statements) => {
-                                processor = format!("{} SQL statements", statements.len())
-                            }
+                            Ok(statements) => processor = format!("{} SQL statements", statements.len()),
                             Err(e) => {
                                 eprintln!("{shown}: Pipeline {name:?}: spec.processor.sql: {e}");
                                 failed = true;
@@ -149,9 +141,5 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

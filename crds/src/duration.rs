@@ -20,9 +20,7 @@ pub struct Duration {
 
 /// Why a duration string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid duration {input:?}: {reason} (expected a number with a unit, e.g. 500ms, 30s, 5m, 1h30m)"
-)]
+#[error("invalid duration {input:?}: {reason} (expected a number with a unit, e.g. 500ms, 30s, 5m, 1h30m)")]
 pub struct DurationError {
     input: String,
     reason: &'static str,
@@ -55,26 +53,19 @@ impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| DurationError {
-            input: s.to_owned(),
-            reason,
-        };
+        let err = |reason| DurationError { input: s.to_owned(), reason };
         if s.is_empty() {
             return Err(err("empty"));
         }
         let mut total_nanos: u128 = 0;
         let mut rest = s;
         while !rest.is_empty() {
-            let num_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(rest.len());
+            let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
             if num_len == 0 {
                 return Err(err("a unit must follow a number"));
             }
             let (num, after) = rest.split_at(num_len);
-            let unit_len = after
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(after.len());
+            let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
             let (unit, after) = after.split_at(unit_len);
             let unit_nanos: u128 = match unit {
                 "ns" => 1,
@@ -92,29 +83,20 @@ impl FromStr for Duration {
                 None => (num, ""),
             };
             let int: u128 = int_part.parse().map_err(|_| err("number too large"))?;
-            let mut nanos = int
-                .checked_mul(unit_nanos)
-                .ok_or_else(|| err("too large"))?;
+            let mut nanos = int.checked_mul(unit_nanos).ok_or_else(|| err("too large"))?;
             if !frac_part.is_empty() {
                 // Keep at most 18 fractional digits: enough below a nanosecond for every unit.
                 let digits = &frac_part[..frac_part.len().min(18)];
                 let frac: u128 = digits.parse().map_err(|_| err("malformed number"))?;
                 let scale = 10u128.pow(digits.len() as u32);
-                nanos = nanos
-                    .checked_add(frac * unit_nanos / scale)
-                    .ok_or_else(|| err("too large"))?;
+                nanos = nanos.checked_add(frac * unit_nanos / scale).ok_or_else(|| err("too large"))?;
             }
-            total_nanos = total_nanos
-                .checked_add(nanos)
-                .ok_or_else(|| err("too large"))?;
+            total_nanos = total_nanos.checked_add(nanos).ok_or_else(|| err("too large"))?;
             rest = after;
         }
         let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err("too large"))?;
         let value = StdDuration::new(secs, (total_nanos % 1_000_000_000) as u32);
-        Ok(Duration {
-            text: s.to_owned(),
-            value,
-        })
+        Ok(Duration { text: s.to_owned(), value })
     }
 }
 
@@ -185,22 +167,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_durations() {
-        for text in [
-            "",
-            "5",
-            "m",
-            "5x",
-            "-5s",
-            "1..5s",
-            "1.s",
-            "s5",
-            "5 s",
-            "99999999999999999999999h",
-        ] {
-            assert!(
-                text.parse::<Duration>().is_err(),
-                "{text:?} should be rejected"
-            );
+        for text in ["", "5", "m", "5x", "-5s", "1..5s", "1.s", "s5", "5 s", "99999999999999999999999h"] {
+            assert!(text.parse::<Duration>().is_err(), "{text:?} should be rejected");
         }
     }
 
@@ -220,9 +188,7 @@ mod tests {
         }
         let mut rest = s;
         while !rest.is_empty() {
-            let n = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(rest.len());
+            let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
             let num = &rest[..n];
             let ok_num = match num.split_once('.') {
                 None => !num.is_empty(),
@@ -232,17 +198,12 @@ mod tests {
                 return false;
             }
             rest = &rest[n..];
-            let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
-                .iter()
-                .find(|u| rest.starts_with(**u));
+            let unit = ["ns", "us", "µs", "ms", "s", "m", "h"].iter().find(|u| rest.starts_with(**u));
             match unit {
                 // `ms` before `m`, `ns`/`us` before `s`: take the longest unit that fits.
                 Some(_) => {
-                    let u = ["ns", "us", "µs", "ms"]
-                        .iter()
-                        .find(|u| rest.starts_with(**u))
-                        .copied()
-                        .unwrap_or(&rest[..1]);
+                    let u =
+                        ["ns", "us", "µs", "ms"].iter().find(|u| rest.starts_with(**u)).copied().unwrap_or(&rest[..1]);
                     rest = &rest[u.len()..];
                 }
                 None => return false,

@@ -35,11 +35,8 @@ mod tests {
     /// The committed CRD must be what the types generate; CI fails when they drift.
     #[test]
     fn committed_crd_matches_the_types() {
-        let committed = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/pipelines.sluice.dev.yaml"
-        ))
-        .expect("crds/pipelines.sluice.dev.yaml exists");
+        let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines.sluice.dev.yaml"))
+            .expect("crds/pipelines.sluice.dev.yaml exists");
         let generated = crd_yaml();
         assert!(
             committed == generated,

@@ -253,10 +253,7 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        StorageSpec {
-            size: default_storage_size(),
-            storage_class_name: None,
-        }
+        StorageSpec { size: default_storage_size(), storage_class_name: None }
     }
 }
 
@@ -342,11 +339,7 @@ pub struct BatchSpec {
 
 impl Default for BatchSpec {
     fn default() -> Self {
-        BatchSpec {
-            max_records: default_max_records(),
-            max_bytes: default_max_bytes(),
-            max_wait: default_max_wait(),
-        }
+        BatchSpec { max_records: default_max_records(), max_bytes: default_max_bytes(), max_wait: default_max_wait() }
     }
 }
 
@@ -488,10 +481,7 @@ pub struct BackoffSpec {
 
 impl Default for BackoffSpec {
     fn default() -> Self {
-        BackoffSpec {
-            initial: default_backoff_initial(),
-            max: default_backoff_max(),
-        }
+        BackoffSpec { initial: default_backoff_initial(), max: default_backoff_max() }
     }
 }
 

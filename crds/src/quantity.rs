@@ -11,7 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The CEL rule attached to every byte-size field.
 /// `string(self)` covers both forms: an integer becomes its decimal text, itself a quantity.
-pub const BYTE_SIZE_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).asInteger() > 0";
+pub const BYTE_SIZE_RULE: &str =
+    "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).asInteger() > 0";
 
 /// A positive whole number of bytes, written as a Kubernetes quantity.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -28,9 +29,7 @@ enum Repr {
 
 /// Why a quantity was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid size {input:?}: {reason} (expected a whole number of bytes such as 6Mi, 512Ki, 1G or 1048576)"
-)]
+#[error("invalid size {input:?}: {reason} (expected a whole number of bytes such as 6Mi, 512Ki, 1G or 1048576)")]
 pub struct ByteSizeError {
     input: String,
     reason: &'static str,
@@ -63,15 +62,9 @@ impl ByteSize {
 
     fn from_int(n: i64) -> Result<Self, ByteSizeError> {
         if n <= 0 {
-            return Err(ByteSizeError {
-                input: n.to_string(),
-                reason: "must be positive",
-            });
+            return Err(ByteSizeError { input: n.to_string(), reason: "must be positive" });
         }
-        Ok(ByteSize {
-            repr: Repr::Int,
-            bytes: n as u64,
-        })
+        Ok(ByteSize { repr: Repr::Int, bytes: n as u64 })
     }
 }
 
@@ -79,20 +72,11 @@ impl FromStr for ByteSize {
     type Err = ByteSizeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ByteSizeError {
-            input: s.to_owned(),
-            reason,
-        };
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let err = |reason| ByteSizeError { input: s.to_owned(), reason };
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, suffix) = s.split_at(split);
         if number.is_empty() {
-            return Err(err(if s.starts_with('-') {
-                "must be positive"
-            } else {
-                "missing number"
-            }));
+            return Err(err(if s.starts_with('-') { "must be positive" } else { "missing number" }));
         }
         // Work in units of 1/10^9 bytes so that `1.5Gi` or `0.5k` are exact.
         let (int_part, frac_part) = match number.split_once('.') {
@@ -103,23 +87,13 @@ impl FromStr for ByteSize {
         if frac_part.len() > 9 {
             return Err(err("too many decimal places"));
         }
-        let int: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().map_err(|_| err("too large"))?
-        };
+        let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| err("too large"))? };
         let frac: u128 = if frac_part.is_empty() {
             0
         } else {
-            frac_part
-                .parse::<u128>()
-                .map_err(|_| err("malformed number"))?
-                * 10u128.pow(9 - frac_part.len() as u32)
+            frac_part.parse::<u128>().map_err(|_| err("malformed number"))? * 10u128.pow(9 - frac_part.len() as u32)
         };
-        let nano = int
-            .checked_mul(1_000_000_000)
-            .and_then(|v| v.checked_add(frac))
-            .ok_or_else(|| err("too large"))?;
+        let nano = int.checked_mul(1_000_000_000).and_then(|v| v.checked_add(frac)).ok_or_else(|| err("too large"))?;
         let multiplier: u128 = match suffix {
             "" => 1,
             "Ki" => 1 << 10,
@@ -141,9 +115,7 @@ impl FromStr for ByteSize {
             }
             _ => return Err(err("unknown suffix")),
         };
-        let total = nano
-            .checked_mul(multiplier)
-            .ok_or_else(|| err("too large"))?;
+        let total = nano.checked_mul(multiplier).ok_or_else(|| err("too large"))?;
         if total % 1_000_000_000 != 0 {
             return Err(err("not a whole number of bytes"));
         }
@@ -151,10 +123,7 @@ impl FromStr for ByteSize {
         if bytes == 0 {
             return Err(err("must be positive"));
         }
-        Ok(ByteSize {
-            repr: Repr::Text(s.to_owned()),
-            bytes,
-        })
+        Ok(ByteSize { repr: Repr::Text(s.to_owned()), bytes })
     }
 }
 
@@ -166,12 +135,7 @@ impl fmt::Display for ByteSize {
 
 impl fmt::Debug for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ByteSize({} = {} bytes)",
-            self.to_quantity_string(),
-            self.bytes
-        )
+        write!(f, "ByteSize({} = {} bytes)", self.to_quantity_string(), self.bytes)
     }
 }
 
@@ -255,22 +219,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_quantities() {
-        for text in [
-            "",
-            "Mi",
-            "-1Mi",
-            "0",
-            "0Mi",
-            "1.5",
-            "100m",
-            "5MB",
-            "1..5Mi",
-            "99999999999Ei",
-        ] {
-            assert!(
-                text.parse::<ByteSize>().is_err(),
-                "{text:?} should be rejected"
-            );
+        for text in ["", "Mi", "-1Mi", "0", "0Mi", "1.5", "100m", "5MB", "1..5Mi", "99999999999Ei"] {
+            assert!(text.parse::<ByteSize>().is_err(), "{text:?} should be rejected");
         }
     }
 

@@ -33,23 +33,13 @@ impl fmt::Display for Problem {
         if let (Some(line), Some(column)) = (self.line, self.column) {
             write!(f, "line {line} column {column}: ")?;
         }
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
 impl Problem {
     fn new(document: usize, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem {
-            document,
-            path: path.into(),
-            message: message.into(),
-            line: None,
-            column: None,
-        }
+        Problem { document, path: path.into(), message: message.into(), line: None, column: None }
     }
 }
 
@@ -78,11 +68,7 @@ pub fn load_pipelines(text: &str) -> Result<Vec<Pipeline>, Vec<Problem>> {
     if pipelines.is_empty() && problems.is_empty() {
         problems.push(Problem::new(0, "", "the file holds no Pipeline"));
     }
-    if problems.is_empty() {
-        Ok(pipelines)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(pipelines) } else { Err(problems) }
 }
 
 fn yaml_problem(document: usize, e: serde_norway::Error) -> Problem {
@@ -90,25 +76,13 @@ fn yaml_problem(document: usize, e: serde_norway::Error) -> Problem {
         Some(l) => (Some(l.line()), Some(l.column())),
         None => (None, None),
     };
-    Problem {
-        document,
-        path: String::new(),
-        message: format!("invalid YAML: {e}"),
-        line,
-        column,
-    }
+    Problem { document, path: String::new(), message: format!("invalid YAML: {e}"), line, column }
 }
 
 /// Check one document: kind, types (with field paths), then the CRD's constraints and rules.
 pub fn check_value(document: usize, value: &Value) -> Result<Pipeline, Vec<Problem>> {
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
     if api_version != "sluice.dev/v1alpha1" || kind != "Pipeline" {
         return Err(vec![Problem::new(
             document,
@@ -123,21 +97,11 @@ pub fn check_value(document: usize, value: &Value) -> Result<Pipeline, Vec<Probl
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            return Err(vec![Problem::new(
-                document,
-                path,
-                e.into_inner().to_string(),
-            )]);
+            return Err(vec![Problem::new(document, path, e.into_inner().to_string())]);
         }
     };
     let mut problems = Vec::new();
-    if pipeline
-        .metadata
-        .name
-        .as_deref()
-        .unwrap_or_default()
-        .is_empty()
-    {
+    if pipeline.metadata.name.as_deref().unwrap_or_default().is_empty() {
         problems.push(Problem::new(document, "metadata.name", "required"));
     }
     // The object as the apiserver would store it: with every default filled in.
@@ -146,18 +110,10 @@ pub fn check_value(document: usize, value: &Value) -> Result<Pipeline, Vec<Probl
     structural(&schema, &defaulted, "", document, &mut problems);
     if let Err(errors) = kube::core::cel::Validator::new().validate(&schema, &defaulted, None) {
         for e in errors.into_vec() {
-            problems.push(Problem::new(
-                document,
-                e.field_path.clone(),
-                e.message.clone(),
-            ));
+            problems.push(Problem::new(document, e.field_path.clone(), e.message.clone()));
         }
     }
-    if problems.is_empty() {
-        Ok(pipeline)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(pipeline) } else { Err(problems) }
 }
 
 /// The CRD's `openAPIV3Schema` as JSON.
@@ -196,14 +152,12 @@ fn structural(schema: &Value, value: &Value, path: &str, document: usize, out: &
             }
         }
         Value::Number(n) => {
-            if let (Some(min), Some(v)) =
-                (schema.get("minimum").and_then(Value::as_f64), n.as_f64())
+            if let (Some(min), Some(v)) = (schema.get("minimum").and_then(Value::as_f64), n.as_f64())
                 && v < min
             {
                 fail(format!("must be at least {min}"));
             }
-            if let (Some(max), Some(v)) =
-                (schema.get("maximum").and_then(Value::as_f64), n.as_f64())
+            if let (Some(max), Some(v)) = (schema.get("maximum").and_then(Value::as_f64), n.as_f64())
                 && v > max
             {
                 fail(format!("must be at most {max}"));
@@ -246,20 +200,12 @@ fn structural(schema: &Value, value: &Value, path: &str, document: usize, out: &
         && !allowed.contains(value)
     {
         let names: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
-        out.push(Problem::new(
-            document,
-            path,
-            format!("must be one of {}", names.join(", ")),
-        ));
+        out.push(Problem::new(document, path, format!("must be one of {}", names.join(", "))));
     }
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 #[cfg(test)]
@@ -317,11 +263,7 @@ spec:
         http: {url: "http://x:8080/"}"#,
         );
         let p = problems(&yaml);
-        assert!(
-            p.iter()
-                .any(|m| m.contains("exactly one of runtime.lambda and runtime.http")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.contains("exactly one of runtime.lambda and runtime.http")), "{p:?}");
     }
 
     #[test]
@@ -331,10 +273,7 @@ spec:
             "output: {topic: trade-settlements}\n      scaling: {minReplicas: 5, maxReplicas: 2}",
         );
         let p = problems(&yaml);
-        assert!(
-            p.iter().any(|m| m.contains("minReplicas must not exceed")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.contains("minReplicas must not exceed")), "{p:?}");
     }
 
     #[test]
@@ -345,19 +284,12 @@ spec:
       runtime: {http: {url: "http://x/"}}"#;
         let yaml = format!("{}{second}\n", VALID.trim_end());
         let p = problems(&yaml);
-        assert!(
-            p.iter()
-                .any(|m| m.contains("function names must be unique")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.contains("function names must be unique")), "{p:?}");
     }
 
     #[test]
     fn unknown_fields_name_their_path() {
-        let yaml = with(
-            "source: {topic: user_trades}",
-            "source: {topic: user_trades, startingPositon: earliest}",
-        );
+        let yaml = with("source: {topic: user_trades}", "source: {topic: user_trades, startingPositon: earliest}");
         let p = problems(&yaml);
         assert!(p.iter().any(|m| m.starts_with("spec.functions[0].source") && m.contains("startingPositon")), "{p:?}");
     }
@@ -369,9 +301,7 @@ spec:
             "source: {topic: user_trades}\n      batch: {maxWait: 5 seconds}",
         ));
         assert!(
-            p.iter()
-                .any(|m| m.starts_with("spec.functions[0].batch.maxWait")
-                    && m.contains("invalid duration")),
+            p.iter().any(|m| m.starts_with("spec.functions[0].batch.maxWait") && m.contains("invalid duration")),
             "{p:?}"
         );
         let p = problems(&with(
@@ -379,9 +309,7 @@ spec:
             "source: {topic: user_trades}\n      batch: {maxBytes: 6MB}",
         ));
         assert!(
-            p.iter()
-                .any(|m| m.starts_with("spec.functions[0].batch.maxBytes")
-                    && m.contains("invalid size")),
+            p.iter().any(|m| m.starts_with("spec.functions[0].batch.maxBytes") && m.contains("invalid size")),
             "{p:?}"
         );
     }
@@ -389,11 +317,7 @@ spec:
     #[test]
     fn names_must_be_dns_labels() {
         let p = problems(&with("- name: settle", "- name: Settle_Trades"));
-        assert!(
-            p.iter()
-                .any(|m| m.starts_with("spec.functions[0].name") && m.contains("does not match")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.starts_with("spec.functions[0].name") && m.contains("does not match")), "{p:?}");
     }
 
     #[test]
@@ -414,22 +338,13 @@ spec:
     #[test]
     fn wrong_kind_is_named() {
         let p = problems("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
-        assert!(
-            p[0].contains("expected apiVersion sluice.dev/v1alpha1"),
-            "{p:?}"
-        );
+        assert!(p[0].contains("expected apiVersion sluice.dev/v1alpha1"), "{p:?}");
     }
 
     #[test]
     fn long_names_are_rejected() {
         let long = "a".repeat(45);
-        let p = problems(&with(
-            "metadata: {name: trades}",
-            &format!("metadata: {{name: {long}}}"),
-        ));
-        assert!(
-            p.iter().any(|m| m.contains("at most 40 characters")),
-            "{p:?}"
-        );
+        let p = problems(&with("metadata: {name: trades}", &format!("metadata: {{name: {long}}}")));
+        assert!(p.iter().any(|m| m.contains("at most 40 characters")), "{p:?}");
     }
 }

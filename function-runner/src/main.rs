@@ -3,16 +3,15 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sluice_telemetry::LogFormat;
+use sluice_telemetry::LogArgs;
 
 /// The Sluice function runner: consumes a topic in batches and invokes a Lambda-compatible or
 /// HTTP function, producing what it returns.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-function-runner", version, about)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -30,12 +29,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice_telemetry::init(cli.log_format);
+    cli.log.init();
     match cli.command {
         Command::Run { .. } => {
-            eprintln!(
-                "sluice-function-runner run: not implemented yet (function runner issue); nothing was done"
-            );
+            eprintln!("sluice-function-runner run: not implemented yet (function runner issue); nothing was done");
             ExitCode::from(2)
         }
     }

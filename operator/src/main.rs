@@ -3,16 +3,15 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_telemetry::LogFormat;
+use sluice_telemetry::LogArgs;
 
 /// The Sluice operator: reconciles Pipeline resources into processor StatefulSets and function
 /// Deployments, and scales functions on consumer lag.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-operator", version, about)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -32,7 +31,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice_telemetry::init(cli.log_format);
+    cli.log.init();
     match cli.command {
         Command::Crd => {
             print!("{}", sluice_crds::crd_yaml());

@@ -3,15 +3,14 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sluice_telemetry::LogFormat;
+use sluice_telemetry::LogArgs;
 
 /// The Sluice processor: ksqlDB-dialect SQL over Kafka with RocksDB state and exactly-once.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-processor", version, about)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -38,14 +37,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice_telemetry::init(cli.log_format);
+    cli.log.init();
     let what = match cli.command {
         Command::Run { .. } => {
             "sluice-processor run: the processor runtime is not implemented yet (processor runtime issue)"
         }
-        Command::Test { .. } => {
-            "sluice-processor test: the SQL engine is not implemented yet (SQL engine issue)"
-        }
+        Command::Test { .. } => "sluice-processor test: the SQL engine is not implemented yet (SQL engine issue)",
     };
     eprintln!("{what}; nothing was done");
     ExitCode::from(2)

@@ -19,10 +19,7 @@ pub struct Ident {
 impl Ident {
     /// A name as ksqlDB resolves it (no upper-casing: pass the resolved name).
     pub fn new(name: impl Into<String>) -> Self {
-        Ident {
-            name: name.into(),
-            pos: Pos::default(),
-        }
+        Ident { name: name.into(), pos: Pos::default() }
     }
 }
 
@@ -30,21 +27,10 @@ impl Display for Ident {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         // Quote whenever bare text would not read back as the same name.
         let bare = !self.name.is_empty()
-            && self
-                .name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && self.name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+            && self.name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
             && !crate::parser::is_reserved(&self.name);
-        if bare {
-            f.write_str(&self.name)
-        } else {
-            write!(f, "`{}`", self.name.replace('`', "``"))
-        }
+        if bare { f.write_str(&self.name) } else { write!(f, "`{}`", self.name.replace('`', "``")) }
     }
 }
 
@@ -434,10 +420,7 @@ pub struct Expr {
 impl Expr {
     /// An expression at no particular position.
     pub fn new(kind: ExprKind) -> Self {
-        Expr {
-            kind,
-            pos: Pos::default(),
-        }
+        Expr { kind, pos: Pos::default() }
     }
 }
 
@@ -670,81 +653,37 @@ fn comma_list<T: Display>(f: &mut Formatter<'_>, items: &[T]) -> fmt::Result {
 impl Display for Expr {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ExprKind::Column {
-                qualifier: Some(q),
-                name,
-            } => write!(f, "{q}.{name}"),
-            ExprKind::Column {
-                qualifier: None,
-                name,
-            } => write!(f, "{name}"),
+            ExprKind::Column { qualifier: Some(q), name } => write!(f, "{q}.{name}"),
+            ExprKind::Column { qualifier: None, name } => write!(f, "{name}"),
             ExprKind::Literal(l) => write!(f, "{l}"),
             ExprKind::Unary { op, expr } => {
-                write!(
-                    f,
-                    "({}{expr})",
-                    if *op == UnaryOp::Minus { "-" } else { "+" }
-                )
+                write!(f, "({}{expr})", if *op == UnaryOp::Minus { "-" } else { "+" })
             }
             ExprKind::Binary { op, left, right } => write!(f, "({left} {} {right})", op.as_str()),
             ExprKind::Not(e) => write!(f, "(NOT {e})"),
             ExprKind::IsNull { expr, negated } => {
                 write!(f, "({expr} IS {}NULL)", if *negated { "NOT " } else { "" })
             }
-            ExprKind::IsDistinctFrom {
-                left,
-                right,
-                negated,
-            } => {
-                write!(
-                    f,
-                    "({left} IS {}DISTINCT FROM {right})",
-                    if *negated { "NOT " } else { "" }
-                )
+            ExprKind::IsDistinctFrom { left, right, negated } => {
+                write!(f, "({left} IS {}DISTINCT FROM {right})", if *negated { "NOT " } else { "" })
             }
-            ExprKind::Between {
-                expr,
-                low,
-                high,
-                negated,
-            } => {
-                write!(
-                    f,
-                    "({expr} {}BETWEEN {low} AND {high})",
-                    if *negated { "NOT " } else { "" }
-                )
+            ExprKind::Between { expr, low, high, negated } => {
+                write!(f, "({expr} {}BETWEEN {low} AND {high})", if *negated { "NOT " } else { "" })
             }
-            ExprKind::InList {
-                expr,
-                list,
-                negated,
-            } => {
+            ExprKind::InList { expr, list, negated } => {
                 write!(f, "({expr} {}IN (", if *negated { "NOT " } else { "" })?;
                 comma_list(f, list)?;
                 f.write_str("))")
             }
-            ExprKind::Like {
-                expr,
-                pattern,
-                escape,
-                negated,
-            } => {
-                write!(
-                    f,
-                    "({expr} {}LIKE {pattern}",
-                    if *negated { "NOT " } else { "" }
-                )?;
+            ExprKind::Like { expr, pattern, escape, negated } => {
+                write!(f, "({expr} {}LIKE {pattern}", if *negated { "NOT " } else { "" })?;
                 if let Some(c) = escape {
                     f.write_str(" ESCAPE ")?;
                     write_string(f, &c.to_string())?;
                 }
                 f.write_char(')')
             }
-            ExprKind::Case {
-                operand,
-                whens,
-                otherwise,
-            } => {
+            ExprKind::Case { operand, whens, otherwise } => {
                 f.write_str("CASE")?;
                 if let Some(o) = operand {
                     write!(f, " {o}")?;
@@ -833,11 +772,7 @@ impl Display for WindowExpr {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match self {
             WindowExpr::Tumbling { size, options } => write!(f, "TUMBLING (SIZE {size}{options})"),
-            WindowExpr::Hopping {
-                size,
-                advance,
-                options,
-            } => {
+            WindowExpr::Hopping { size, advance, options } => {
                 write!(f, "HOPPING (SIZE {size}, ADVANCE BY {advance}{options})")
             }
             WindowExpr::Session { gap, options } => write!(f, "SESSION ({gap}{options})"),
@@ -882,16 +817,9 @@ impl Display for Relation {
 impl Display for SelectItem {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match self {
-            SelectItem::Wildcard {
-                qualifier: Some(q), ..
-            } => write!(f, "{q}.*"),
-            SelectItem::Wildcard {
-                qualifier: None, ..
-            } => f.write_char('*'),
-            SelectItem::Expr {
-                expr,
-                alias: Some(a),
-            } => write!(f, "{expr} AS {a}"),
+            SelectItem::Wildcard { qualifier: Some(q), .. } => write!(f, "{q}.*"),
+            SelectItem::Wildcard { qualifier: None, .. } => f.write_char('*'),
+            SelectItem::Expr { expr, alias: Some(a) } => write!(f, "{expr} AS {a}"),
             SelectItem::Expr { expr, alias: None } => write!(f, "{expr}"),
         }
     }
@@ -1014,29 +942,16 @@ impl Display for Statement {
                 write!(f, "SHOW {what}")
             }
             Statement::Describe { name, extended } => {
-                write!(
-                    f,
-                    "DESCRIBE {name}{}",
-                    if *extended { " EXTENDED" } else { "" }
-                )
+                write!(f, "DESCRIBE {name}{}", if *extended { " EXTENDED" } else { "" })
             }
             Statement::Explain(Explain::Statement(s)) => write!(f, "EXPLAIN {s}"),
             Statement::Explain(Explain::QueryId(id)) => write!(f, "EXPLAIN {id}"),
-            Statement::Drop {
-                kind,
-                name,
-                if_exists,
-                delete_topic,
-            } => {
+            Statement::Drop { kind, name, if_exists, delete_topic } => {
                 write!(f, "DROP {kind} ")?;
                 if *if_exists {
                     f.write_str("IF EXISTS ")?;
                 }
-                write!(
-                    f,
-                    "{name}{}",
-                    if *delete_topic { " DELETE TOPIC" } else { "" }
-                )
+                write!(f, "{name}{}", if *delete_topic { " DELETE TOPIC" } else { "" })
             }
             Statement::SetProperty { name, value } => {
                 f.write_str("SET ")?;

@@ -26,15 +26,9 @@ impl Pos {
     /// Shift a position inside one statement of a script to a position in the whole script.
     pub fn offset_by(self, start: Pos) -> Pos {
         if self.line == 1 {
-            Pos {
-                line: start.line,
-                column: start.column + self.column - 1,
-            }
+            Pos { line: start.line, column: start.column + self.column - 1 }
         } else {
-            Pos {
-                line: start.line + self.line - 1,
-                column: self.column,
-            }
+            Pos { line: start.line + self.line - 1, column: self.column }
         }
     }
 }
@@ -58,9 +52,6 @@ pub struct SqlError {
 impl SqlError {
     /// An error at `pos`.
     pub fn new(pos: Pos, message: impl Into<String>) -> Self {
-        SqlError {
-            pos,
-            message: message.into(),
-        }
+        SqlError { pos, message: message.into() }
     }
 }

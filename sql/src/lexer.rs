@@ -111,30 +111,18 @@ impl fmt::Display for TokenKind {
 /// Split `sql` into tokens, ending with [`TokenKind::Eof`]. Comments (`-- …` and `/* … */`) and
 /// whitespace are skipped.
 pub fn tokenize(sql: &str) -> Result<Vec<Token>, SqlError> {
-    let mut lexer = Lexer {
-        chars: sql.chars().collect(),
-        at: 0,
-        line: 1,
-        column: 1,
-    };
+    let mut lexer = Lexer { chars: sql.chars().collect(), at: 0, line: 1, column: 1 };
     let mut tokens = Vec::new();
     loop {
         lexer.skip_trivia()?;
         let pos = lexer.pos();
         let Some(c) = lexer.peek(0) else {
-            tokens.push(Token {
-                kind: TokenKind::Eof,
-                pos,
-            });
+            tokens.push(Token { kind: TokenKind::Eof, pos });
             return Ok(tokens);
         };
         let kind = if c.is_alphabetic() || c == '_' {
-            TokenKind::Word(
-                lexer.take_while(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == '@'),
-            )
-        } else if c.is_ascii_digit()
-            || (c == '.' && lexer.peek(1).is_some_and(|d| d.is_ascii_digit()))
-        {
+            TokenKind::Word(lexer.take_while(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == '@'))
+        } else if c.is_ascii_digit() || (c == '.' && lexer.peek(1).is_some_and(|d| d.is_ascii_digit())) {
             lexer.number()?
         } else if c == '\'' {
             TokenKind::String(lexer.quoted('\'', pos, "string")?)
@@ -158,10 +146,7 @@ struct Lexer {
 
 impl Lexer {
     fn pos(&self) -> Pos {
-        Pos {
-            line: self.line,
-            column: self.column,
-        }
+        Pos { line: self.line, column: self.column }
     }
 
     fn peek(&self, ahead: usize) -> Option<char> {
@@ -215,10 +200,7 @@ impl Lexer {
                                 self.bump();
                             }
                             (None, _) => {
-                                return Err(SqlError::new(
-                                    start,
-                                    "unterminated comment: expected '*/'",
-                                ));
+                                return Err(SqlError::new(start, "unterminated comment: expected '*/'"));
                             }
                         }
                     }
@@ -232,11 +214,7 @@ impl Lexer {
         let start = self.pos();
         let mut text = self.take_while(|c| c.is_ascii_digit());
         let mut decimal = false;
-        if self.peek(0) == Some('.')
-            && self
-                .peek(1)
-                .is_none_or(|c| c.is_ascii_digit() || !c.is_alphabetic())
-        {
+        if self.peek(0) == Some('.') && self.peek(1).is_none_or(|c| c.is_ascii_digit() || !c.is_alphabetic()) {
             decimal = true;
             text.push('.');
             self.bump();
@@ -244,8 +222,7 @@ impl Lexer {
         }
         if matches!(self.peek(0), Some('e' | 'E'))
             && (self.peek(1).is_some_and(|c| c.is_ascii_digit())
-                || (matches!(self.peek(1), Some('+' | '-'))
-                    && self.peek(2).is_some_and(|c| c.is_ascii_digit())))
+                || (matches!(self.peek(1), Some('+' | '-')) && self.peek(2).is_some_and(|c| c.is_ascii_digit())))
         {
             text.push('E');
             self.bump();
@@ -261,22 +238,13 @@ impl Lexer {
             if decimal {
                 return Err(SqlError::new(
                     start,
-                    format!(
-                        "invalid number '{text}{}'",
-                        self.peek(0).unwrap_or_default()
-                    ),
+                    format!("invalid number '{text}{}'", self.peek(0).unwrap_or_default()),
                 ));
             }
-            text.push_str(
-                &self.take_while(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == '@'),
-            );
+            text.push_str(&self.take_while(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == '@'));
             return Ok(TokenKind::Word(text));
         }
-        Ok(if decimal {
-            TokenKind::Decimal(text)
-        } else {
-            TokenKind::Integer(text)
-        })
+        Ok(if decimal { TokenKind::Decimal(text) } else { TokenKind::Integer(text) })
     }
 
     /// A quoted token; the quote character doubled inside stands for itself.
@@ -295,10 +263,7 @@ impl Lexer {
                 }
                 Some(c) => out.push(c),
                 None => {
-                    return Err(SqlError::new(
-                        start,
-                        format!("unterminated {what}: expected a closing {quote}"),
-                    ));
+                    return Err(SqlError::new(start, format!("unterminated {what}: expected a closing {quote}")));
                 }
             }
         }

@@ -114,23 +114,13 @@ pub fn parse_type(sql: &str) -> Result<SqlType, SqlError> {
 
 fn line_offsets(sql: &str) -> Vec<usize> {
     let mut offsets = vec![0];
-    offsets.extend(
-        sql.char_indices()
-            .filter(|(_, c)| *c == '\n')
-            .map(|(i, _)| i + 1),
-    );
+    offsets.extend(sql.char_indices().filter(|(_, c)| *c == '\n').map(|(i, _)| i + 1));
     offsets
 }
 
 fn byte_at(sql: &str, offsets: &[usize], pos: Pos) -> usize {
-    let line_start = offsets
-        .get(pos.line as usize - 1)
-        .copied()
-        .unwrap_or(sql.len());
-    sql[line_start..]
-        .char_indices()
-        .nth(pos.column as usize - 1)
-        .map_or(sql.len(), |(i, _)| line_start + i)
+    let line_start = offsets.get(pos.line as usize - 1).copied().unwrap_or(sql.len());
+    sql[line_start..].char_indices().nth(pos.column as usize - 1).map_or(sql.len(), |(i, _)| line_start + i)
 }
 
 fn slice<'a>(sql: &'a str, offsets: &[usize], start: Pos, end: Pos) -> &'a str {
@@ -172,11 +162,7 @@ impl Parser {
     }
 
     fn expect_eof(&self) -> Result<(), SqlError> {
-        if self.peek_kind() == &TokenKind::Eof {
-            Ok(())
-        } else {
-            Err(self.expected("the end of the input"))
-        }
+        if self.peek_kind() == &TokenKind::Eof { Ok(()) } else { Err(self.expected("the end of the input")) }
     }
 
     fn word_is(kind: &TokenKind, keyword: &str) -> bool {
@@ -197,11 +183,7 @@ impl Parser {
     }
 
     fn expect_word(&mut self, keyword: &str) -> Result<Pos, SqlError> {
-        if self.is_word(keyword) {
-            Ok(self.advance().pos)
-        } else {
-            Err(self.expected(&format!("'{keyword}'")))
-        }
+        if self.is_word(keyword) { Ok(self.advance().pos) } else { Err(self.expected(&format!("'{keyword}'"))) }
     }
 
     fn is_symbol(&self, symbol: Symbol) -> bool {
@@ -225,6 +207,37 @@ impl Parser {
         }
     }
 
+    /// One or more items separated by commas.
+    fn comma_separated<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, SqlError>,
+    ) -> Result<Vec<T>, SqlError> {
+        let mut items = vec![item(self)?];
+        while self.eat_symbol(Symbol::Comma) {
+            items.push(item(self)?);
+        }
+        Ok(items)
+    }
+
+    /// Zero or more comma-separated items up to and including `close` (the opening symbol has
+    /// been consumed).
+    fn list_until<T>(
+        &mut self,
+        close: Symbol,
+        item: impl FnMut(&mut Self) -> Result<T, SqlError>,
+    ) -> Result<Vec<T>, SqlError> {
+        let items = if self.is_symbol(close) { Vec::new() } else { self.comma_separated(item)? };
+        self.expect_symbol(close)?;
+        Ok(items)
+    }
+
+    /// `a := b`, as in `MAP(...)` and `STRUCT(...)`.
+    fn assignment<K>(&mut self, key: impl FnOnce(&mut Self) -> Result<K, SqlError>) -> Result<(K, Expr), SqlError> {
+        let k = key(self)?;
+        self.expect_symbol(Symbol::Assign)?;
+        Ok((k, self.expr()?))
+    }
+
     /// Whether the next token can start an identifier.
     fn at_ident(&self) -> bool {
         match self.peek_kind() {
@@ -239,10 +252,7 @@ impl Parser {
         match &token.kind {
             TokenKind::Word(w) if !is_reserved(&w.to_ascii_uppercase()) => {
                 self.advance();
-                Ok(Ident {
-                    name: w.to_ascii_uppercase(),
-                    pos: token.pos,
-                })
+                Ok(Ident { name: w.to_ascii_uppercase(), pos: token.pos })
             }
             TokenKind::Word(w) => Err(SqlError::new(
                 token.pos,
@@ -253,10 +263,7 @@ impl Parser {
             )),
             TokenKind::QuotedIdent(name) => {
                 self.advance();
-                Ok(Ident {
-                    name: name.clone(),
-                    pos: token.pos,
-                })
+                Ok(Ident { name: name.clone(), pos: token.pos })
             }
             _ => Err(self.expected("an identifier")),
         }
@@ -277,8 +284,7 @@ impl Parser {
         match &token.kind {
             TokenKind::Integer(n) => {
                 self.advance();
-                n.parse()
-                    .map_err(|_| SqlError::new(token.pos, format!("{what} {n} is out of range")))
+                n.parse().map_err(|_| SqlError::new(token.pos, format!("{what} {n} is out of range")))
             }
             _ => Err(self.expected(what)),
         }
@@ -296,12 +302,7 @@ impl Parser {
             let target = self.ident()?;
             let properties = self.with_properties()?;
             let query = self.query()?;
-            return Ok(Statement::InsertInto(InsertInto {
-                target,
-                properties,
-                query,
-                pos,
-            }));
+            return Ok(Statement::InsertInto(InsertInto { target, properties, query, pos }));
         }
         if self.is_word("SELECT") {
             return Ok(Statement::Query(self.query()?));
@@ -320,9 +321,7 @@ impl Parser {
             } else if self.eat_word("FUNCTIONS") {
                 ShowKind::Functions
             } else {
-                return Err(
-                    self.expected("STREAMS, TABLES, QUERIES, TOPICS, PROPERTIES or FUNCTIONS")
-                );
+                return Err(self.expected("STREAMS, TABLES, QUERIES, TOPICS, PROPERTIES or FUNCTIONS"));
             };
             self.eat_word("EXTENDED");
             return Ok(Statement::Show(kind));
@@ -333,9 +332,7 @@ impl Parser {
             return Ok(Statement::Describe { name, extended });
         }
         if self.eat_word("EXPLAIN") {
-            let starts_statement = ["CREATE", "INSERT", "SELECT"]
-                .iter()
-                .any(|k| self.is_word(k));
+            let starts_statement = ["CREATE", "INSERT", "SELECT"].iter().any(|k| self.is_word(k));
             return Ok(Statement::Explain(if starts_statement {
                 Explain::Statement(Box::new(self.statement()?))
             } else {
@@ -357,12 +354,7 @@ impl Parser {
             } else {
                 false
             };
-            return Ok(Statement::Drop {
-                kind,
-                name,
-                if_exists,
-                delete_topic,
-            });
+            return Ok(Statement::Drop { kind, name, if_exists, delete_topic });
         }
         if self.eat_word("SET") {
             let name = self.string()?;
@@ -371,16 +363,10 @@ impl Parser {
             return Ok(Statement::SetProperty { name, value });
         }
         if self.eat_word("UNSET") {
-            return Ok(Statement::UnsetProperty {
-                name: self.string()?,
-            });
+            return Ok(Statement::UnsetProperty { name: self.string()? });
         }
         if self.eat_word("TERMINATE") {
-            let query = if self.eat_word("ALL") {
-                None
-            } else {
-                Some(self.ident()?)
-            };
+            let query = if self.eat_word("ALL") { None } else { Some(self.ident()?) };
             return Ok(Statement::Terminate { query });
         }
         Err(self.expected("a statement (CREATE, INSERT, SELECT, SHOW, DESCRIBE, EXPLAIN, DROP, SET, UNSET, TERMINATE)"))
@@ -413,30 +399,21 @@ impl Parser {
             false
         };
         let name = self.ident()?;
-        let mut elements = Vec::new();
-        if self.eat_symbol(Symbol::LParen) {
-            loop {
-                elements.push(self.table_element()?);
-                if !self.eat_symbol(Symbol::Comma) {
-                    break;
-                }
-            }
+        let elements = if self.eat_symbol(Symbol::LParen) {
+            let elements = self.comma_separated(Self::table_element)?;
             self.expect_symbol(Symbol::RParen)?;
-        }
+            elements
+        } else {
+            Vec::new()
+        };
         let properties = self.with_properties()?;
         if self.is_word("AS") {
             let as_pos = self.advance().pos;
             if !elements.is_empty() {
-                return Err(SqlError::new(
-                    as_pos,
-                    "a CREATE ... AS SELECT statement cannot declare columns",
-                ));
+                return Err(SqlError::new(as_pos, "a CREATE ... AS SELECT statement cannot declare columns"));
             }
             if source {
-                return Err(SqlError::new(
-                    as_pos,
-                    "CREATE SOURCE cannot be used with AS SELECT",
-                ));
+                return Err(SqlError::new(as_pos, "CREATE SOURCE cannot be used with AS SELECT"));
             }
             let query = self.query()?;
             return Ok(Statement::CreateAsSelect(CreateAsSelect {
@@ -479,11 +456,7 @@ impl Parser {
         } else {
             ColumnConstraint::None
         };
-        Ok(TableElement {
-            name,
-            ty,
-            constraint,
-        })
+        Ok(TableElement { name, ty, constraint })
     }
 
     fn with_properties(&mut self) -> Result<Properties, SqlError> {
@@ -523,12 +496,8 @@ impl Parser {
             TokenKind::Integer(n) => Literal::Integer(if negative { format!("-{n}") } else { n }),
             TokenKind::Decimal(n) => Literal::Decimal(if negative { format!("-{n}") } else { n }),
             TokenKind::Double(n) => Literal::Double(if negative { format!("-{n}") } else { n }),
-            TokenKind::Word(ref w) if !negative && w.eq_ignore_ascii_case("TRUE") => {
-                Literal::Boolean(true)
-            }
-            TokenKind::Word(ref w) if !negative && w.eq_ignore_ascii_case("FALSE") => {
-                Literal::Boolean(false)
-            }
+            TokenKind::Word(ref w) if !negative && w.eq_ignore_ascii_case("TRUE") => Literal::Boolean(true),
+            TokenKind::Word(ref w) if !negative && w.eq_ignore_ascii_case("FALSE") => Literal::Boolean(false),
             TokenKind::Word(ref w) if !negative && w.eq_ignore_ascii_case("NULL") => Literal::Null,
             _ => return Err(self.expected("a literal value")),
         };
@@ -601,19 +570,7 @@ impl Parser {
             }
             "STRUCT" => {
                 self.expect_symbol(Symbol::Lt)?;
-                let mut fields = Vec::new();
-                if !self.is_symbol(Symbol::Gt) {
-                    loop {
-                        let name = self.ident()?;
-                        let ty = self.sql_type()?;
-                        fields.push((name.name, ty));
-                        if !self.eat_symbol(Symbol::Comma) {
-                            break;
-                        }
-                    }
-                }
-                self.expect_symbol(Symbol::Gt)?;
-                SqlType::Struct(fields)
+                SqlType::Struct(self.list_until(Symbol::Gt, |p| Ok((p.ident()?.name, p.sql_type()?)))?)
             }
             _ => {
                 return Err(SqlError::new(
@@ -630,25 +587,11 @@ impl Parser {
 
     fn query(&mut self) -> Result<Query, SqlError> {
         let pos = self.expect_word("SELECT")?;
-        let mut select = Vec::new();
-        loop {
-            select.push(self.select_item()?);
-            if !self.eat_symbol(Symbol::Comma) {
-                break;
-            }
-        }
+        let select = self.comma_separated(Self::select_item)?;
         self.expect_word("FROM")?;
         let from = self.relation()?;
-        let window = if self.eat_word("WINDOW") {
-            Some(self.window()?)
-        } else {
-            None
-        };
-        let filter = if self.eat_word("WHERE") {
-            Some(self.expr()?)
-        } else {
-            None
-        };
+        let window = if self.eat_word("WINDOW") { Some(self.window()?) } else { None };
+        let filter = if self.eat_word("WHERE") { Some(self.expr()?) } else { None };
         let group_by = if self.eat_word("GROUP") {
             self.expect_word("BY")?;
             self.grouping_list()?
@@ -661,11 +604,7 @@ impl Parser {
         } else {
             Vec::new()
         };
-        let having = if self.eat_word("HAVING") {
-            Some(self.expr()?)
-        } else {
-            None
-        };
+        let having = if self.eat_word("HAVING") { Some(self.expr()?) } else { None };
         let emit = if self.eat_word("EMIT") {
             if self.eat_word("CHANGES") {
                 Some(Emit::Changes)
@@ -677,23 +616,8 @@ impl Parser {
         } else {
             None
         };
-        let limit = if self.eat_word("LIMIT") {
-            Some(self.integer("a row count")?)
-        } else {
-            None
-        };
-        Ok(Query {
-            select,
-            from,
-            window,
-            filter,
-            group_by,
-            partition_by,
-            having,
-            emit,
-            limit,
-            pos,
-        })
+        let limit = if self.eat_word("LIMIT") { Some(self.integer("a row count")?) } else { None };
+        Ok(Query { select, from, window, filter, group_by, partition_by, having, emit, limit, pos })
     }
 
     /// `a, b` or `(a, b)`.
@@ -711,34 +635,22 @@ impl Parser {
             }
             self.at = save;
         }
-        let mut items = vec![self.expr()?];
-        while self.eat_symbol(Symbol::Comma) {
-            items.push(self.expr()?);
-        }
-        Ok(items)
+        self.comma_separated(Self::expr)
     }
 
     fn select_item(&mut self) -> Result<SelectItem, SqlError> {
         let pos = self.peek().pos;
         if self.eat_symbol(Symbol::Star) {
-            return Ok(SelectItem::Wildcard {
-                qualifier: None,
-                pos,
-            });
+            return Ok(SelectItem::Wildcard { qualifier: None, pos });
         }
-        if matches!(
-            self.peek_kind(),
-            TokenKind::Word(_) | TokenKind::QuotedIdent(_)
-        ) && self.peek_at(1) == &TokenKind::Symbol(Symbol::Dot)
+        if matches!(self.peek_kind(), TokenKind::Word(_) | TokenKind::QuotedIdent(_))
+            && self.peek_at(1) == &TokenKind::Symbol(Symbol::Dot)
             && self.peek_at(2) == &TokenKind::Symbol(Symbol::Star)
         {
             let qualifier = self.ident()?;
             self.advance();
             self.advance();
-            return Ok(SelectItem::Wildcard {
-                qualifier: Some(qualifier),
-                pos,
-            });
+            return Ok(SelectItem::Wildcard { qualifier: Some(qualifier), pos });
         }
         let expr = self.expr()?;
         let alias = if self.eat_word("AS") {
@@ -791,21 +703,10 @@ impl Parser {
                 return Ok(left);
             };
             let right = self.aliased_source()?;
-            let within = if self.eat_word("WITHIN") {
-                Some(self.within()?)
-            } else {
-                None
-            };
+            let within = if self.eat_word("WITHIN") { Some(self.within()?) } else { None };
             self.expect_word("ON")?;
             let on = self.expr()?;
-            left = Relation::Join(Box::new(Join {
-                left,
-                right,
-                kind,
-                within,
-                on,
-                pos,
-            }));
+            left = Relation::Join(Box::new(Join { left, right, kind, within, on, pos }));
         }
     }
 
@@ -826,11 +727,7 @@ impl Parser {
         } else {
             None
         };
-        Ok(Within {
-            before,
-            after,
-            grace,
-        })
+        Ok(Within { before, after, grace })
     }
 
     fn duration(&mut self) -> Result<Duration, SqlError> {
@@ -843,15 +740,11 @@ impl Parser {
                 "HOUR" | "HOURS" => TimeUnit::Hours,
                 "DAY" | "DAYS" => TimeUnit::Days,
                 _ => {
-                    return Err(
-                        self.expected("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)")
-                    );
+                    return Err(self.expected("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)"));
                 }
             },
             _ => {
-                return Err(
-                    self.expected("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)")
-                );
+                return Err(self.expected("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)"));
             }
         };
         self.advance();
@@ -905,19 +798,13 @@ impl Parser {
         self.expect_symbol(Symbol::RParen)?;
         let missing = |what: &str| SqlError::new(kind_pos, format!("a {kind} window needs {what}"));
         Ok(match kind.as_str() {
-            "TUMBLING" => WindowExpr::Tumbling {
-                size: size.ok_or_else(|| missing("a SIZE"))?,
-                options,
-            },
+            "TUMBLING" => WindowExpr::Tumbling { size: size.ok_or_else(|| missing("a SIZE"))?, options },
             "HOPPING" => WindowExpr::Hopping {
                 size: size.ok_or_else(|| missing("a SIZE"))?,
                 advance: advance.ok_or_else(|| missing("an ADVANCE BY"))?,
                 options,
             },
-            _ => WindowExpr::Session {
-                gap: gap.ok_or_else(|| missing("a gap"))?,
-                options,
-            },
+            _ => WindowExpr::Session { gap: gap.ok_or_else(|| missing("a gap"))?, options },
         })
     }
 
@@ -929,14 +816,7 @@ impl Parser {
 
     fn binary(left: Expr, op: BinaryOp, right: Expr) -> Expr {
         let pos = left.pos;
-        Expr {
-            kind: ExprKind::Binary {
-                op,
-                left: Box::new(left),
-                right: Box::new(right),
-            },
-            pos,
-        }
+        Expr { kind: ExprKind::Binary { op, left: Box::new(left), right: Box::new(right) }, pos }
     }
 
     fn or(&mut self) -> Result<Expr, SqlError> {
@@ -961,10 +841,7 @@ impl Parser {
         let pos = self.peek().pos;
         if self.eat_word("NOT") {
             let inner = self.not()?;
-            return Ok(Expr {
-                kind: ExprKind::Not(Box::new(inner)),
-                pos,
-            });
+            return Ok(Expr { kind: ExprKind::Not(Box::new(inner)), pos });
         }
         self.predicate()
     }
@@ -989,32 +866,20 @@ impl Parser {
         if self.eat_word("IS") {
             let negated = self.eat_word("NOT");
             if self.eat_word("NULL") {
-                return Ok(Expr {
-                    kind: ExprKind::IsNull {
-                        expr: Box::new(left),
-                        negated,
-                    },
-                    pos,
-                });
+                return Ok(Expr { kind: ExprKind::IsNull { expr: Box::new(left), negated }, pos });
             }
             if self.eat_word("DISTINCT") {
                 self.expect_word("FROM")?;
                 let right = self.additive()?;
                 return Ok(Expr {
-                    kind: ExprKind::IsDistinctFrom {
-                        left: Box::new(left),
-                        right: Box::new(right),
-                        negated,
-                    },
+                    kind: ExprKind::IsDistinctFrom { left: Box::new(left), right: Box::new(right), negated },
                     pos,
                 });
             }
             return Err(self.expected("NULL or DISTINCT FROM"));
         }
         let negated = if Self::word_is(self.peek_kind(), "NOT")
-            && ["BETWEEN", "IN", "LIKE"]
-                .iter()
-                .any(|k| Self::word_is(self.peek_at(1), k))
+            && ["BETWEEN", "IN", "LIKE"].iter().any(|k| Self::word_is(self.peek_at(1), k))
         {
             self.advance();
             true
@@ -1026,35 +891,14 @@ impl Parser {
             self.expect_word("AND")?;
             let high = self.additive()?;
             return Ok(Expr {
-                kind: ExprKind::Between {
-                    expr: Box::new(left),
-                    low: Box::new(low),
-                    high: Box::new(high),
-                    negated,
-                },
+                kind: ExprKind::Between { expr: Box::new(left), low: Box::new(low), high: Box::new(high), negated },
                 pos,
             });
         }
         if self.eat_word("IN") {
             self.expect_symbol(Symbol::LParen)?;
-            let mut list = Vec::new();
-            if !self.is_symbol(Symbol::RParen) {
-                loop {
-                    list.push(self.expr()?);
-                    if !self.eat_symbol(Symbol::Comma) {
-                        break;
-                    }
-                }
-            }
-            self.expect_symbol(Symbol::RParen)?;
-            return Ok(Expr {
-                kind: ExprKind::InList {
-                    expr: Box::new(left),
-                    list,
-                    negated,
-                },
-                pos,
-            });
+            let list = self.list_until(Symbol::RParen, Self::expr)?;
+            return Ok(Expr { kind: ExprKind::InList { expr: Box::new(left), list, negated }, pos });
         }
         if self.eat_word("LIKE") {
             let pattern = self.additive()?;
@@ -1070,12 +914,7 @@ impl Parser {
                 None
             };
             return Ok(Expr {
-                kind: ExprKind::Like {
-                    expr: Box::new(left),
-                    pattern: Box::new(pattern),
-                    escape,
-                    negated,
-                },
+                kind: ExprKind::Like { expr: Box::new(left), pattern: Box::new(pattern), escape, negated },
                 pos,
             });
         }
@@ -1122,13 +961,7 @@ impl Parser {
             return self.postfix();
         };
         let expr = self.unary()?;
-        Ok(Expr {
-            kind: ExprKind::Unary {
-                op,
-                expr: Box::new(expr),
-            },
-            pos,
-        })
+        Ok(Expr { kind: ExprKind::Unary { op, expr: Box::new(expr) }, pos })
     }
 
     fn postfix(&mut self) -> Result<Expr, SqlError> {
@@ -1138,22 +971,10 @@ impl Parser {
             if self.eat_symbol(Symbol::LBracket) {
                 let index = self.expr()?;
                 self.expect_symbol(Symbol::RBracket)?;
-                expr = Expr {
-                    kind: ExprKind::Subscript {
-                        expr: Box::new(expr),
-                        index: Box::new(index),
-                    },
-                    pos,
-                };
+                expr = Expr { kind: ExprKind::Subscript { expr: Box::new(expr), index: Box::new(index) }, pos };
             } else if self.eat_symbol(Symbol::Arrow) {
                 let field = self.ident()?;
-                expr = Expr {
-                    kind: ExprKind::Dereference {
-                        expr: Box::new(expr),
-                        field,
-                    },
-                    pos,
-                };
+                expr = Expr { kind: ExprKind::Dereference { expr: Box::new(expr), field }, pos };
             } else {
                 return Ok(expr);
             }
@@ -1167,10 +988,7 @@ impl Parser {
         }
         let mut i = 1;
         loop {
-            if !matches!(
-                self.peek_at(i),
-                TokenKind::Word(_) | TokenKind::QuotedIdent(_)
-            ) {
+            if !matches!(self.peek_at(i), TokenKind::Word(_) | TokenKind::QuotedIdent(_)) {
                 return false;
             }
             match self.peek_at(i + 1) {
@@ -1186,12 +1004,7 @@ impl Parser {
     fn primary(&mut self) -> Result<Expr, SqlError> {
         let token = self.peek().clone();
         let pos = token.pos;
-        let literal = |l| {
-            Ok(Expr {
-                kind: ExprKind::Literal(l),
-                pos,
-            })
-        };
+        let literal = |l| Ok(Expr { kind: ExprKind::Literal(l), pos });
         match &token.kind {
             TokenKind::String(s) => {
                 self.advance();
@@ -1212,20 +1025,11 @@ impl Parser {
             TokenKind::Symbol(Symbol::LParen) => {
                 if self.at_lambda_params() {
                     self.advance();
-                    let mut params = vec![self.ident()?];
-                    while self.eat_symbol(Symbol::Comma) {
-                        params.push(self.ident()?);
-                    }
+                    let params = self.comma_separated(Self::ident)?;
                     self.expect_symbol(Symbol::RParen)?;
                     self.expect_symbol(Symbol::FatArrow)?;
                     let body = self.expr()?;
-                    return Ok(Expr {
-                        kind: ExprKind::Lambda {
-                            params,
-                            body: Box::new(body),
-                        },
-                        pos,
-                    });
+                    return Ok(Expr { kind: ExprKind::Lambda { params, body: Box::new(body) }, pos });
                 }
                 self.advance();
                 let inner = self.expr()?;
@@ -1261,73 +1065,25 @@ impl Parser {
                         self.expect_word("AS")?;
                         let ty = self.sql_type()?;
                         self.expect_symbol(Symbol::RParen)?;
-                        return Ok(Expr {
-                            kind: ExprKind::Cast {
-                                expr: Box::new(expr),
-                                ty,
-                            },
-                            pos,
-                        });
+                        return Ok(Expr { kind: ExprKind::Cast { expr: Box::new(expr), ty }, pos });
                     }
                     "ARRAY" if self.peek_at(1) == &TokenKind::Symbol(Symbol::LBracket) => {
                         self.advance();
                         self.advance();
-                        let mut items = Vec::new();
-                        if !self.is_symbol(Symbol::RBracket) {
-                            loop {
-                                items.push(self.expr()?);
-                                if !self.eat_symbol(Symbol::Comma) {
-                                    break;
-                                }
-                            }
-                        }
-                        self.expect_symbol(Symbol::RBracket)?;
-                        return Ok(Expr {
-                            kind: ExprKind::Array(items),
-                            pos,
-                        });
+                        let items = self.list_until(Symbol::RBracket, Self::expr)?;
+                        return Ok(Expr { kind: ExprKind::Array(items), pos });
                     }
                     "MAP" if self.peek_at(1) == &TokenKind::Symbol(Symbol::LParen) => {
                         self.advance();
                         self.advance();
-                        let mut entries = Vec::new();
-                        if !self.is_symbol(Symbol::RParen) {
-                            loop {
-                                let key = self.expr()?;
-                                self.expect_symbol(Symbol::Assign)?;
-                                let value = self.expr()?;
-                                entries.push((key, value));
-                                if !self.eat_symbol(Symbol::Comma) {
-                                    break;
-                                }
-                            }
-                        }
-                        self.expect_symbol(Symbol::RParen)?;
-                        return Ok(Expr {
-                            kind: ExprKind::Map(entries),
-                            pos,
-                        });
+                        let entries = self.list_until(Symbol::RParen, |p| p.assignment(Self::expr))?;
+                        return Ok(Expr { kind: ExprKind::Map(entries), pos });
                     }
                     "STRUCT" if self.peek_at(1) == &TokenKind::Symbol(Symbol::LParen) => {
                         self.advance();
                         self.advance();
-                        let mut fields = Vec::new();
-                        if !self.is_symbol(Symbol::RParen) {
-                            loop {
-                                let name = self.ident()?;
-                                self.expect_symbol(Symbol::Assign)?;
-                                let value = self.expr()?;
-                                fields.push((name, value));
-                                if !self.eat_symbol(Symbol::Comma) {
-                                    break;
-                                }
-                            }
-                        }
-                        self.expect_symbol(Symbol::RParen)?;
-                        return Ok(Expr {
-                            kind: ExprKind::Struct(fields),
-                            pos,
-                        });
+                        let fields = self.list_until(Symbol::RParen, |p| p.assignment(Self::ident))?;
+                        return Ok(Expr { kind: ExprKind::Struct(fields), pos });
                     }
                     _ => {}
                 }
@@ -1349,37 +1105,14 @@ impl Parser {
         let first = self.ident()?;
         if self.eat_symbol(Symbol::FatArrow) {
             let body = self.expr()?;
-            return Ok(Expr {
-                kind: ExprKind::Lambda {
-                    params: vec![first],
-                    body: Box::new(body),
-                },
-                pos,
-            });
+            return Ok(Expr { kind: ExprKind::Lambda { params: vec![first], body: Box::new(body) }, pos });
         }
-        if self.is_symbol(Symbol::Dot)
-            && matches!(
-                self.peek_at(1),
-                TokenKind::Word(_) | TokenKind::QuotedIdent(_)
-            )
-        {
+        if self.is_symbol(Symbol::Dot) && matches!(self.peek_at(1), TokenKind::Word(_) | TokenKind::QuotedIdent(_)) {
             self.advance();
             let name = self.ident()?;
-            return Ok(Expr {
-                kind: ExprKind::Column {
-                    qualifier: Some(first),
-                    name,
-                },
-                pos,
-            });
+            return Ok(Expr { kind: ExprKind::Column { qualifier: Some(first), name }, pos });
         }
-        Ok(Expr {
-            kind: ExprKind::Column {
-                qualifier: None,
-                name: first,
-            },
-            pos,
-        })
+        Ok(Expr { kind: ExprKind::Column { qualifier: None, name: first }, pos })
     }
 
     fn function_call(&mut self) -> Result<Expr, SqlError> {
@@ -1388,42 +1121,15 @@ impl Parser {
         self.expect_symbol(Symbol::LParen)?;
         if self.eat_symbol(Symbol::Star) {
             self.expect_symbol(Symbol::RParen)?;
-            return Ok(Expr {
-                kind: ExprKind::Function {
-                    name,
-                    args: Vec::new(),
-                    star: true,
-                },
-                pos,
-            });
+            return Ok(Expr { kind: ExprKind::Function { name, args: Vec::new(), star: true }, pos });
         }
-        let mut args = Vec::new();
-        if !self.is_symbol(Symbol::RParen) {
-            loop {
-                args.push(self.expr()?);
-                if !self.eat_symbol(Symbol::Comma) {
-                    break;
-                }
-            }
-        }
-        self.expect_symbol(Symbol::RParen)?;
-        Ok(Expr {
-            kind: ExprKind::Function {
-                name,
-                args,
-                star: false,
-            },
-            pos,
-        })
+        let args = self.list_until(Symbol::RParen, Self::expr)?;
+        Ok(Expr { kind: ExprKind::Function { name, args, star: false }, pos })
     }
 
     fn case(&mut self) -> Result<Expr, SqlError> {
         let pos = self.expect_word("CASE")?;
-        let operand = if self.is_word("WHEN") {
-            None
-        } else {
-            Some(Box::new(self.expr()?))
-        };
+        let operand = if self.is_word("WHEN") { None } else { Some(Box::new(self.expr()?)) };
         let mut whens = Vec::new();
         while self.eat_word("WHEN") {
             let when = self.expr()?;
@@ -1434,19 +1140,8 @@ impl Parser {
         if whens.is_empty() {
             return Err(self.expected("WHEN"));
         }
-        let otherwise = if self.eat_word("ELSE") {
-            Some(Box::new(self.expr()?))
-        } else {
-            None
-        };
+        let otherwise = if self.eat_word("ELSE") { Some(Box::new(self.expr()?)) } else { None };
         self.expect_word("END")?;
-        Ok(Expr {
-            kind: ExprKind::Case {
-                operand,
-                whens,
-                otherwise,
-            },
-            pos,
-        })
+        Ok(Expr { kind: ExprKind::Case { operand, whens, otherwise }, pos })
     }
 }

@@ -41,10 +41,7 @@ pub enum SqlType {
 impl SqlType {
     /// Whether the type is one of the numeric types.
     pub fn is_numeric(&self) -> bool {
-        matches!(
-            self,
-            SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::Decimal { .. }
-        )
+        matches!(self, SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::Decimal { .. })
     }
 }
 

@@ -2,9 +2,7 @@
 //! every statement of ksqlDB's own query-validation tests.
 
 use proptest::prelude::*;
-use sluice_sql::{
-    ast::*, parse_expression, parse_statement, parse_statements, parse_type, types::SqlType,
-};
+use sluice_sql::{ast::*, parse_expression, parse_statement, parse_statements, parse_type, types::SqlType};
 
 const SEED_SQL: &str = r#"
 CREATE STREAM STOCKTRADE (side varchar, quantity int, symbol varchar, price int, account varchar, userid varchar)
@@ -35,57 +33,32 @@ fn the_seed_sql_parses() {
     let statements = parse_statements(SEED_SQL).unwrap();
     assert_eq!(statements.len(), 5);
 
-    let Statement::CreateSource(stocktrade) = &statements[0].0 else {
-        panic!("{:?}", statements[0])
-    };
+    let Statement::CreateSource(stocktrade) = &statements[0].0 else { panic!("{:?}", statements[0]) };
     assert_eq!(stocktrade.kind, SourceKind::Stream);
     assert_eq!(stocktrade.name.name, "STOCKTRADE");
     assert_eq!(stocktrade.elements.len(), 6);
     assert_eq!(stocktrade.elements[1].ty, SqlType::Int);
-    assert_eq!(
-        stocktrade.properties.get("KAFKA_TOPIC").unwrap().value,
-        Literal::String("stocktrade".into())
-    );
+    assert_eq!(stocktrade.properties.get("KAFKA_TOPIC").unwrap().value, Literal::String("stocktrade".into()));
 
-    let Statement::CreateSource(users) = &statements[1].0 else {
-        panic!()
-    };
+    let Statement::CreateSource(users) = &statements[1].0 else { panic!() };
     assert_eq!(users.elements[0].constraint, ColumnConstraint::PrimaryKey);
 
-    let Statement::CreateAsSelect(user_trades) = &statements[2].0 else {
-        panic!()
-    };
-    let Relation::Join(join) = &user_trades.query.from else {
-        panic!("expected a join")
-    };
+    let Statement::CreateAsSelect(user_trades) = &statements[2].0 else { panic!() };
+    let Relation::Join(join) = &user_trades.query.from else { panic!("expected a join") };
     assert_eq!(join.kind, JoinKind::Left);
-    assert_eq!(
-        join.left,
-        Relation::Source {
-            name: Ident::new("STOCKTRADE"),
-            alias: Some(Ident::new("S"))
-        }
-    );
+    assert_eq!(join.left, Relation::Source { name: Ident::new("STOCKTRADE"), alias: Some(Ident::new("S")) });
     assert_eq!(user_trades.query.select.len(), 7);
 
-    let Statement::CreateAsSelect(per_minute) = &statements[3].0 else {
-        panic!()
-    };
+    let Statement::CreateAsSelect(per_minute) = &statements[3].0 else { panic!() };
     assert_eq!(
         per_minute.query.window,
         Some(WindowExpr::Tumbling {
-            size: Duration {
-                value: 60,
-                unit: TimeUnit::Seconds
-            },
+            size: Duration { value: 60, unit: TimeUnit::Seconds },
             options: WindowOptions::default()
         })
     );
     assert_eq!(per_minute.query.emit, Some(Emit::Changes));
-    assert!(matches!(
-        per_minute.query.filter.as_ref().unwrap().kind,
-        ExprKind::Like { negated: false, .. }
-    ));
+    assert!(matches!(per_minute.query.filter.as_ref().unwrap().kind, ExprKind::Like { negated: false, .. }));
 
     // Each statement keeps its own text (for DESCRIBE / EXPLAIN output).
     assert!(statements[4].1.starts_with("CREATE STREAM locations AS"));
@@ -94,23 +67,14 @@ fn the_seed_sql_parses() {
 
 #[test]
 fn identifiers_follow_ksqldb_case_rules() {
-    let Statement::Query(q) =
-        parse_statement("select `MixedCase`, plain, \"Quoted\" from `src`").unwrap()
-    else {
+    let Statement::Query(q) = parse_statement("select `MixedCase`, plain, \"Quoted\" from `src`").unwrap() else {
         panic!()
     };
     let names: Vec<String> = q
         .select
         .iter()
         .map(|item| match item {
-            SelectItem::Expr {
-                expr:
-                    Expr {
-                        kind: ExprKind::Column { name, .. },
-                        ..
-                    },
-                ..
-            } => name.name.clone(),
+            SelectItem::Expr { expr: Expr { kind: ExprKind::Column { name, .. }, .. }, .. } => name.name.clone(),
             other => panic!("{other:?}"),
         })
         .collect();
@@ -142,10 +106,7 @@ fn ksqldb_specific_syntax_parses() {
         // And its printed form parses back to the same tree.
         let printed = parsed.to_string();
         let reparsed = parse_statement(&printed).unwrap_or_else(|e| panic!("{printed}\n  -> {e}"));
-        assert_eq!(
-            parsed, reparsed,
-            "round trip of {sql}\n  printed as {printed}"
-        );
+        assert_eq!(parsed, reparsed, "round trip of {sql}\n  printed as {printed}");
     }
 }
 
@@ -156,10 +117,7 @@ fn operator_precedence_is_sqls() {
     let e = parse_expression("-a[1]->f * 2 - 3").unwrap();
     assert_eq!(e.to_string(), "(((-A[1]->F) * 2) - 3)");
     let e = parse_expression("x LIKE '%a' OR y NOT LIKE 'b!_%' ESCAPE '!'").unwrap();
-    assert_eq!(
-        e.to_string(),
-        "((X LIKE '%a') OR (Y NOT LIKE 'b!_%' ESCAPE '!'))"
-    );
+    assert_eq!(e.to_string(), "((X LIKE '%a') OR (Y NOT LIKE 'b!_%' ESCAPE '!'))");
 }
 
 #[test]
@@ -188,63 +146,18 @@ fn literals_keep_their_ksqldb_kind() {
 #[test]
 fn errors_give_line_column_and_what_was_expected() {
     let cases = [
-        (
-            "SELECT a FROM",
-            1,
-            14,
-            "expected an identifier, found end of input",
-        ),
-        (
-            "SELECT a,\n  FROM s",
-            2,
-            3,
-            "expected an expression, found 'FROM'",
-        ),
+        ("SELECT a FROM", 1, 14, "expected an identifier, found end of input"),
+        ("SELECT a,\n  FROM s", 2, 3, "expected an expression, found 'FROM'"),
         ("CREATE STREAM s (a INT", 1, 23, "expected ')'"),
-        (
-            "CREATE STREAM s (a NUMBER) WITH (kafka_topic='t');",
-            1,
-            20,
-            "unknown type NUMBER",
-        ),
-        (
-            "SELECT * FROM s WINDOW TUMBLING (ADVANCE BY 1 SECOND)",
-            1,
-            34,
-            "expected SIZE, RETENTION or GRACE PERIOD",
-        ),
-        (
-            "SELECT * FROM s WINDOW TUMBLING (SIZE 1 FORTNIGHT)",
-            1,
-            41,
-            "expected a time unit",
-        ),
-        (
-            "SELECT * FROM s EMIT SOMETIMES",
-            1,
-            22,
-            "expected CHANGES or FINAL",
-        ),
+        ("CREATE STREAM s (a NUMBER) WITH (kafka_topic='t');", 1, 20, "unknown type NUMBER"),
+        ("SELECT * FROM s WINDOW TUMBLING (ADVANCE BY 1 SECOND)", 1, 34, "expected SIZE, RETENTION or GRACE PERIOD"),
+        ("SELECT * FROM s WINDOW TUMBLING (SIZE 1 FORTNIGHT)", 1, 41, "expected a time unit"),
+        ("SELECT * FROM s EMIT SOMETIMES", 1, 22, "expected CHANGES or FINAL"),
         ("SELECT 'unterminated FROM s", 1, 8, "unterminated string"),
-        (
-            "SELECT select FROM s",
-            1,
-            8,
-            "expected an expression, found 'select'",
-        ),
-        (
-            "CREATE STREAM s (select INT)",
-            1,
-            18,
-            "reserved word 'SELECT'",
-        ),
+        ("SELECT select FROM s", 1, 8, "expected an expression, found 'select'"),
+        ("CREATE STREAM s (select INT)", 1, 18, "reserved word 'SELECT'"),
         ("UPSERT INTO s VALUES (1)", 1, 1, "expected a statement"),
-        (
-            "SELECT a FROM s WHERE a = 1 b",
-            1,
-            29,
-            "expected the end of the input",
-        ),
+        ("SELECT a FROM s WHERE a = 1 b", 1, 29, "expected the end of the input"),
     ];
     for (sql, line, column, message) in cases {
         let e = parse_statement(sql).unwrap_err();
@@ -263,26 +176,12 @@ fn errors_give_line_column_and_what_was_expected() {
 
 #[test]
 fn types_parse_and_print() {
-    for text in [
-        "ARRAY<STRUCT<A INTEGER, `b` MAP<STRING, DECIMAL(4, 2)>>>",
-        "TIMESTAMP",
-        "BYTES",
-    ] {
+    for text in ["ARRAY<STRUCT<A INTEGER, `b` MAP<STRING, DECIMAL(4, 2)>>>", "TIMESTAMP", "BYTES"] {
         let ty = parse_type(text).unwrap();
         assert_eq!(ty.to_string(), text);
     }
-    assert!(
-        parse_type("DECIMAL(40, 2)")
-            .unwrap_err()
-            .message
-            .contains("precision must be 1 to 38")
-    );
-    assert!(
-        parse_type("DECIMAL(2, 3)")
-            .unwrap_err()
-            .message
-            .contains("must not exceed")
-    );
+    assert!(parse_type("DECIMAL(40, 2)").unwrap_err().message.contains("precision must be 1 to 38"));
+    assert!(parse_type("DECIMAL(2, 3)").unwrap_err().message.contains("must not exceed"));
 }
 
 // ---- round trip ---------------------------------------------------------------------------
@@ -322,10 +221,8 @@ fn sql_type() -> impl Strategy<Value = SqlType> {
     leaf.prop_recursive(3, 12, 3, |inner| {
         prop_oneof![
             inner.clone().prop_map(|t| SqlType::Array(Box::new(t))),
-            (inner.clone(), inner.clone())
-                .prop_map(|(k, v)| SqlType::Map(Box::new(k), Box::new(v))),
-            prop::collection::vec((ident().prop_map(|i| i.name), inner), 1..3)
-                .prop_map(SqlType::Struct),
+            (inner.clone(), inner.clone()).prop_map(|(k, v)| SqlType::Map(Box::new(k), Box::new(v))),
+            prop::collection::vec((ident().prop_map(|i| i.name), inner), 1..3).prop_map(SqlType::Struct),
         ]
     })
 }
@@ -359,53 +256,18 @@ fn expr() -> impl Strategy<Value = Expr> {
                     BinaryOp::Or,
                 ])
             )
-                .prop_map(move |(l, r, op)| Expr::new(ExprKind::Binary {
-                    op,
-                    left: b(l),
-                    right: b(r)
-                })),
-            inner
-                .clone()
-                .prop_map(move |e| Expr::new(ExprKind::Not(b(e)))),
-            (inner.clone(), any::<bool>()).prop_map(move |(e, negated)| Expr::new(
-                ExprKind::IsNull {
-                    expr: b(e),
-                    negated
-                }
-            )),
-            (inner.clone(), inner.clone(), inner.clone(), any::<bool>()).prop_map(
-                move |(e, lo, hi, negated)| {
-                    Expr::new(ExprKind::Between {
-                        expr: b(e),
-                        low: b(lo),
-                        high: b(hi),
-                        negated,
-                    })
-                }
-            ),
-            (
-                inner.clone(),
-                prop::collection::vec(inner.clone(), 0..3),
-                any::<bool>()
-            )
-                .prop_map(move |(e, list, negated)| Expr::new(ExprKind::InList {
-                    expr: b(e),
-                    list,
-                    negated
-                })),
-            (
-                inner.clone(),
-                inner.clone(),
-                proptest::option::of(prop::sample::select(vec!['!', '\\'])),
-                any::<bool>()
-            )
+                .prop_map(move |(l, r, op)| Expr::new(ExprKind::Binary { op, left: b(l), right: b(r) })),
+            inner.clone().prop_map(move |e| Expr::new(ExprKind::Not(b(e)))),
+            (inner.clone(), any::<bool>())
+                .prop_map(move |(e, negated)| Expr::new(ExprKind::IsNull { expr: b(e), negated })),
+            (inner.clone(), inner.clone(), inner.clone(), any::<bool>()).prop_map(move |(e, lo, hi, negated)| {
+                Expr::new(ExprKind::Between { expr: b(e), low: b(lo), high: b(hi), negated })
+            }),
+            (inner.clone(), prop::collection::vec(inner.clone(), 0..3), any::<bool>())
+                .prop_map(move |(e, list, negated)| Expr::new(ExprKind::InList { expr: b(e), list, negated })),
+            (inner.clone(), inner.clone(), proptest::option::of(prop::sample::select(vec!['!', '\\'])), any::<bool>())
                 .prop_map(move |(e, p, escape, negated)| {
-                    Expr::new(ExprKind::Like {
-                        expr: b(e),
-                        pattern: b(p),
-                        escape,
-                        negated,
-                    })
+                    Expr::new(ExprKind::Like { expr: b(e), pattern: b(p), escape, negated })
                 }),
             (
                 proptest::option::of(inner.clone()),
@@ -413,43 +275,20 @@ fn expr() -> impl Strategy<Value = Expr> {
                 proptest::option::of(inner.clone())
             )
                 .prop_map(move |(operand, whens, otherwise)| {
-                    Expr::new(ExprKind::Case {
-                        operand: operand.map(b),
-                        whens,
-                        otherwise: otherwise.map(b),
-                    })
+                    Expr::new(ExprKind::Case { operand: operand.map(b), whens, otherwise: otherwise.map(b) })
                 }),
-            (inner.clone(), sql_type())
-                .prop_map(move |(e, ty)| Expr::new(ExprKind::Cast { expr: b(e), ty })),
-            (ident(), prop::collection::vec(inner.clone(), 0..3)).prop_map(|(name, args)| {
-                Expr::new(ExprKind::Function {
-                    name,
-                    args,
-                    star: false,
-                })
-            }),
-            (inner.clone(), ident())
-                .prop_map(move |(e, field)| Expr::new(ExprKind::Dereference { expr: b(e), field })),
-            (inner.clone(), inner.clone()).prop_map(move |(e, i)| Expr::new(ExprKind::Subscript {
-                expr: b(e),
-                index: b(i)
-            })),
-            prop::collection::vec(inner.clone(), 0..3)
-                .prop_map(|items| Expr::new(ExprKind::Array(items))),
-            prop::collection::vec((inner.clone(), inner.clone()), 0..3)
-                .prop_map(|e| Expr::new(ExprKind::Map(e))),
-            prop::collection::vec((ident(), inner.clone()), 1..3)
-                .prop_map(|f| Expr::new(ExprKind::Struct(f))),
-            (prop::collection::vec(ident(), 1..3), inner.clone()).prop_map(
-                move |(params, body)| Expr::new(ExprKind::Lambda {
-                    params,
-                    body: b(body)
-                })
-            ),
-            (
-                inner,
-                prop::sample::select(vec![UnaryOp::Minus, UnaryOp::Plus])
-            )
+            (inner.clone(), sql_type()).prop_map(move |(e, ty)| Expr::new(ExprKind::Cast { expr: b(e), ty })),
+            (ident(), prop::collection::vec(inner.clone(), 0..3))
+                .prop_map(|(name, args)| { Expr::new(ExprKind::Function { name, args, star: false }) }),
+            (inner.clone(), ident()).prop_map(move |(e, field)| Expr::new(ExprKind::Dereference { expr: b(e), field })),
+            (inner.clone(), inner.clone())
+                .prop_map(move |(e, i)| Expr::new(ExprKind::Subscript { expr: b(e), index: b(i) })),
+            prop::collection::vec(inner.clone(), 0..3).prop_map(|items| Expr::new(ExprKind::Array(items))),
+            prop::collection::vec((inner.clone(), inner.clone()), 0..3).prop_map(|e| Expr::new(ExprKind::Map(e))),
+            prop::collection::vec((ident(), inner.clone()), 1..3).prop_map(|f| Expr::new(ExprKind::Struct(f))),
+            (prop::collection::vec(ident(), 1..3), inner.clone())
+                .prop_map(move |(params, body)| Expr::new(ExprKind::Lambda { params, body: b(body) })),
+            (inner, prop::sample::select(vec![UnaryOp::Minus, UnaryOp::Plus]))
                 .prop_map(move |(e, op)| Expr::new(ExprKind::Unary { op, expr: b(e) })),
         ]
     })
@@ -470,61 +309,39 @@ fn duration() -> impl Strategy<Value = Duration> {
 }
 
 fn window_options() -> impl Strategy<Value = WindowOptions> {
-    (
-        proptest::option::of(duration()),
-        proptest::option::of(duration()),
-    )
+    (proptest::option::of(duration()), proptest::option::of(duration()))
         .prop_map(|(retention, grace)| WindowOptions { retention, grace })
 }
 
 fn window() -> impl Strategy<Value = WindowExpr> {
     prop_oneof![
-        (duration(), window_options())
-            .prop_map(|(size, options)| WindowExpr::Tumbling { size, options }),
-        (duration(), duration(), window_options()).prop_map(|(size, advance, options)| {
-            WindowExpr::Hopping {
-                size,
-                advance,
-                options,
-            }
-        }),
-        (duration(), window_options())
-            .prop_map(|(gap, options)| WindowExpr::Session { gap, options }),
+        (duration(), window_options()).prop_map(|(size, options)| WindowExpr::Tumbling { size, options }),
+        (duration(), duration(), window_options())
+            .prop_map(|(size, advance, options)| { WindowExpr::Hopping { size, advance, options } }),
+        (duration(), window_options()).prop_map(|(gap, options)| WindowExpr::Session { gap, options }),
     ]
 }
 
 fn source() -> impl Strategy<Value = Relation> {
-    (ident(), proptest::option::of(ident()))
-        .prop_map(|(name, alias)| Relation::Source { name, alias })
+    (ident(), proptest::option::of(ident())).prop_map(|(name, alias)| Relation::Source { name, alias })
 }
 
 fn query() -> impl Strategy<Value = Query> {
     let item = prop_oneof![
-        (expr(), proptest::option::of(ident()))
-            .prop_map(|(expr, alias)| SelectItem::Expr { expr, alias }),
-        proptest::option::of(ident()).prop_map(|qualifier| SelectItem::Wildcard {
-            qualifier,
-            pos: Default::default()
-        }),
+        (expr(), proptest::option::of(ident())).prop_map(|(expr, alias)| SelectItem::Expr { expr, alias }),
+        proptest::option::of(ident()).prop_map(|qualifier| SelectItem::Wildcard { qualifier, pos: Default::default() }),
     ];
-    let within = (duration(), duration(), proptest::option::of(duration())).prop_map(
-        |(before, after, grace)| Within {
-            before,
-            after,
-            grace,
-        },
-    );
+    let within = (duration(), duration(), proptest::option::of(duration())).prop_map(|(before, after, grace)| Within {
+        before,
+        after,
+        grace,
+    });
     let from = (
         source(),
         prop::collection::vec(
             (
                 source(),
-                prop::sample::select(vec![
-                    JoinKind::Inner,
-                    JoinKind::Left,
-                    JoinKind::Right,
-                    JoinKind::Full,
-                ]),
+                prop::sample::select(vec![JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full]),
                 proptest::option::of(within),
                 expr(),
             ),
@@ -532,18 +349,9 @@ fn query() -> impl Strategy<Value = Query> {
         ),
     )
         .prop_map(|(first, joins)| {
-            joins
-                .into_iter()
-                .fold(first, |left, (right, kind, within, on)| {
-                    Relation::Join(Box::new(Join {
-                        left,
-                        right,
-                        kind,
-                        within,
-                        on,
-                        pos: Default::default(),
-                    }))
-                })
+            joins.into_iter().fold(first, |left, (right, kind, within, on)| {
+                Relation::Join(Box::new(Join { left, right, kind, within, on, pos: Default::default() }))
+            })
         });
     (
         prop::collection::vec(item, 1..4),
@@ -556,20 +364,18 @@ fn query() -> impl Strategy<Value = Query> {
         proptest::option::of(prop::sample::select(vec![Emit::Changes, Emit::Final])),
         proptest::option::of(0u64..100),
     )
-        .prop_map(
-            |(select, from, window, filter, group_by, partition_by, having, emit, limit)| Query {
-                select,
-                from,
-                window,
-                filter,
-                group_by,
-                partition_by,
-                having,
-                emit,
-                limit,
-                pos: Default::default(),
-            },
-        )
+        .prop_map(|(select, from, window, filter, group_by, partition_by, having, emit, limit)| Query {
+            select,
+            from,
+            window,
+            filter,
+            group_by,
+            partition_by,
+            having,
+            emit,
+            limit,
+            pos: Default::default(),
+        })
 }
 
 proptest! {
@@ -631,10 +437,7 @@ fn every_accepted_qtt_statement_parses() {
                 continue;
             }
             let formats: Vec<String> = match case.get("format").and_then(|f| f.as_array()) {
-                Some(list) => list
-                    .iter()
-                    .filter_map(|f| f.as_str().map(str::to_owned))
-                    .collect(),
+                Some(list) => list.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect(),
                 None => vec!["JSON".into()],
             };
             for statement in case["statements"].as_array().unwrap() {
@@ -650,10 +453,5 @@ fn every_accepted_qtt_statement_parses() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {total} statements did not parse:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {total} statements did not parse:\n{}", failures.len(), failures.join("\n"));
 }

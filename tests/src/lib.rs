@@ -17,10 +17,7 @@ use std::{
 /// # Panics
 /// Under `CI=true` when `SLUICE_TEST_BOOTSTRAP` is not set.
 pub fn kafka_bootstrap() -> Option<String> {
-    service(
-        "SLUICE_TEST_BOOTSTRAP",
-        "eval \"$(tests/infra/kafka.sh start)\"",
-    )
+    service("SLUICE_TEST_BOOTSTRAP", "eval \"$(tests/infra/kafka.sh start)\"")
 }
 
 /// The kubeconfig path of the test apiserver, or `None` (after saying why) when it is not
@@ -29,10 +26,7 @@ pub fn kafka_bootstrap() -> Option<String> {
 /// # Panics
 /// Under `CI=true` when `SLUICE_TEST_KUBECONFIG` is not set.
 pub fn kubeconfig_path() -> Option<String> {
-    service(
-        "SLUICE_TEST_KUBECONFIG",
-        "eval \"$(tests/infra/kube.sh start)\"",
-    )
+    service("SLUICE_TEST_KUBECONFIG", "eval \"$(tests/infra/kube.sh start)\"")
 }
 
 fn service(var: &str, how: &str) -> Option<String> {
@@ -40,10 +34,7 @@ fn service(var: &str, how: &str) -> Option<String> {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(
-                !ci,
-                "{var} is not set under CI=true: the real service must be running (start it with: {how})"
-            );
+            assert!(!ci, "{var} is not set under CI=true: the real service must be running (start it with: {how})");
             eprintln!("SKIPPED: {var} is not set; start the service with: {how}");
             None
         }
@@ -53,11 +44,7 @@ fn service(var: &str, how: &str) -> Option<String> {
 /// A kube client for the test apiserver.
 pub async fn kube_client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
 }
 
@@ -66,10 +53,7 @@ pub async fn kube_client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() % 100_000_000)
-        .unwrap_or(0);
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() % 100_000_000).unwrap_or(0);
     format!("{prefix}-{}-{millis}-{n}", std::process::id())
 }
 
@@ -90,9 +74,7 @@ where
         if start.elapsed() > deadline {
             anyhow::bail!(
                 "timed out after {deadline:?} waiting for {what}{}",
-                last_error
-                    .map(|e| format!(" (last error: {e:#})"))
-                    .unwrap_or_default()
+                last_error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -101,8 +83,5 @@ where
 
 /// The repository root (for reading `examples/` and `crds/`).
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }

@@ -16,18 +16,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn create_topic(bootstrap: &str, partitions: i32) -> anyhow::Result<String> {
     let topic = unique("smoke");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     let results = admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
+        .create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
         .await?;
     for r in results {
         r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
@@ -58,17 +49,10 @@ fn read_until(
     let deadline = std::time::Instant::now() + TIMEOUT;
     let mut seen = Vec::new();
     while !stop(&seen) {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "timed out reading {topic}; read so far: {}",
-            seen.len()
-        );
+        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out reading {topic}; read so far: {}", seen.len());
         if let Some(message) = consumer.poll(Duration::from_millis(200)) {
             let message = message?;
-            seen.push((
-                message.partition(),
-                message.payload().unwrap_or_default().to_vec(),
-            ));
+            seen.push((message.partition(), message.payload().unwrap_or_default().to_vec()));
         }
     }
     Ok(seen)
@@ -97,24 +81,16 @@ async fn produce_and_consume_across_partitions() -> anyhow::Result<()> {
     let bootstrap2 = bootstrap.clone();
     let topic2 = topic.clone();
     let seen = tokio::task::spawn_blocking(move || {
-        read_until(&bootstrap2, &topic2, 3, "read_uncommitted", |seen| {
-            seen.len() >= n
-        })
+        read_until(&bootstrap2, &topic2, 3, "read_uncommitted", |seen| seen.len() >= n)
     })
     .await??;
     assert_eq!(seen.len(), n, "every record comes back exactly once");
-    let mut values: Vec<String> = seen
-        .iter()
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .collect();
+    let mut values: Vec<String> = seen.iter().map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect();
     values.sort();
     values.dedup();
     assert_eq!(values.len(), n, "no record is duplicated");
     let used: std::collections::BTreeSet<i32> = seen.iter().map(|(p, _)| *p).collect();
-    assert!(
-        used.len() > 1,
-        "keys spread over more than one partition: {used:?}"
-    );
+    assert!(used.len() > 1, "keys spread over more than one partition: {used:?}");
     Ok(())
 }
 
@@ -157,23 +133,13 @@ async fn read_committed_sees_committed_transactions_only() -> anyhow::Result<()>
 
     let has_last = |seen: &[(i32, Vec<u8>)]| seen.iter().any(|(_, v)| v == b"committed-2");
     let (b1, t1, b2, t2) = (bootstrap.clone(), topic.clone(), bootstrap, topic);
-    let committed =
-        tokio::task::spawn_blocking(move || read_until(&b1, &t1, 1, "read_committed", has_last))
-            .await??;
+    let committed = tokio::task::spawn_blocking(move || read_until(&b1, &t1, 1, "read_committed", has_last)).await??;
     let uncommitted =
-        tokio::task::spawn_blocking(move || read_until(&b2, &t2, 1, "read_uncommitted", has_last))
-            .await??;
+        tokio::task::spawn_blocking(move || read_until(&b2, &t2, 1, "read_uncommitted", has_last)).await??;
 
-    let text = |seen: &[(i32, Vec<u8>)]| {
-        seen.iter()
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        text(&committed),
-        ["committed-1", "committed-2"],
-        "read_committed never sees the aborted record"
-    );
+    let text =
+        |seen: &[(i32, Vec<u8>)]| seen.iter().map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>();
+    assert_eq!(text(&committed), ["committed-1", "committed-2"], "read_committed never sees the aborted record");
     assert_eq!(
         text(&uncommitted),
         ["committed-1", "aborted-1", "committed-2"],

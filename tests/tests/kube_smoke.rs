@@ -26,16 +26,9 @@ async fn client() -> anyhow::Result<Option<Client>> {
 
 async fn namespace(client: &Client) -> anyhow::Result<String> {
     let name = unique("ns");
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
+    let ns =
+        Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
     Ok(name)
 }
 
@@ -46,10 +39,11 @@ async fn install_crd(client: &Client) -> anyhow::Result<Vec<String>> {
     let crd: CustomResourceDefinition = serde_norway::from_str(&text)?;
     let name = crd.name_any();
     let params = PatchParams::apply("sluice-tests").force();
-    let request = kube::core::Request::new(
-        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-    )
-    .patch(&name, &params, &Patch::Apply(&crd))?;
+    let request = kube::core::Request::new("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").patch(
+        &name,
+        &params,
+        &Patch::Apply(&crd),
+    )?;
     let response = client.send(request.map(kube::client::Body::from)).await?;
     let status = response.status();
     let warnings: Vec<String> = response
@@ -60,17 +54,11 @@ async fn install_crd(client: &Client) -> anyhow::Result<Vec<String>> {
         .collect();
     if !status.is_success() {
         let body = response.into_body().collect_bytes().await?;
-        anyhow::bail!(
-            "applying the CRD failed with HTTP {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        anyhow::bail!("applying the CRD failed with HTTP {status}: {}", String::from_utf8_lossy(&body));
     }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await??;
+    tokio::time::timeout(Duration::from_secs(30), await_condition(crds, &name, conditions::is_crd_established()))
+        .await??;
     Ok(warnings)
 }
 
@@ -83,16 +71,10 @@ fn example() -> anyhow::Result<Value> {
     Ok(serde_norway::from_str(&text)?)
 }
 
-async fn create(
-    client: &Client,
-    ns: &str,
-    mut object: Value,
-) -> Result<DynamicObject, kube::Error> {
+async fn create(client: &Client, ns: &str, mut object: Value) -> Result<DynamicObject, kube::Error> {
     object["metadata"]["namespace"] = json!(ns);
     let object: DynamicObject = serde_json::from_value(object).expect("a valid object shape");
-    pipelines(client, ns)
-        .create(&PostParams::default(), &object)
-        .await
+    pipelines(client, ns).create(&PostParams::default(), &object).await
 }
 
 #[tokio::test]
@@ -103,10 +85,7 @@ async fn namespaces_and_configmaps_are_stored() -> anyhow::Result<()> {
     let ns = namespace(&client).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let cm = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("smoke".into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some("smoke".into()), ..Default::default() },
         data: Some(BTreeMap::from([("answer".to_string(), "42".to_string())])),
         ..Default::default()
     };
@@ -123,33 +102,13 @@ async fn the_crd_is_accepted_without_warnings() -> anyhow::Result<()> {
         return Ok(());
     };
     let warnings = install_crd(&client).await?;
-    assert!(
-        warnings.is_empty(),
-        "the apiserver warned about the CRD: {warnings:?}"
-    );
-    let stored = Api::<CustomResourceDefinition>::all(client)
-        .get(&Pipeline::crd_name())
-        .await?;
+    assert!(warnings.is_empty(), "the apiserver warned about the CRD: {warnings:?}");
+    let stored = Api::<CustomResourceDefinition>::all(client).get(&Pipeline::crd_name()).await?;
     let version = &stored.spec.versions[0];
-    let columns: Vec<&str> = version
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
+    let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
     assert_eq!(columns, ["Phase", "Lag", "Replicas", "Age"]);
-    assert_eq!(
-        stored.spec.names.short_names.as_deref(),
-        Some(&["pl".to_string()][..])
-    );
-    assert!(
-        version
-            .subresources
-            .as_ref()
-            .and_then(|s| s.status.as_ref())
-            .is_some(),
-        "status subresource enabled"
-    );
+    assert_eq!(stored.spec.names.short_names.as_deref(), Some(&["pl".to_string()][..]));
+    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource enabled");
     Ok(())
 }
 
@@ -174,14 +133,9 @@ async fn a_valid_pipeline_is_stored_with_defaults() -> anyhow::Result<()> {
     assert_eq!(data["spec"]["processor"]["commitInterval"], "100ms");
     assert_eq!(data["spec"]["kafka"]["securityProtocol"], "PLAINTEXT");
     // And the typed API reads it back.
-    let typed: Pipeline = Api::<Pipeline>::namespaced(client, &ns)
-        .get("trades")
-        .await?;
+    let typed: Pipeline = Api::<Pipeline>::namespaced(client, &ns).get("trades").await?;
     assert_eq!(typed.spec.functions[0].scaling.max_replicas, 8);
-    assert_eq!(
-        typed.spec.functions[0].batch.max_bytes.bytes(),
-        6 * 1024 * 1024
-    );
+    assert_eq!(typed.spec.functions[0].batch.max_bytes.bytes(), 6 * 1024 * 1024);
     Ok(())
 }
 
@@ -202,35 +156,22 @@ async fn invalid_pipelines_are_rejected_with_the_rule_message() -> anyhow::Resul
 
     let mut both_runtimes = example()?;
     both_runtimes["metadata"]["name"] = json!("both-runtimes");
-    both_runtimes["spec"]["functions"][0]["runtime"]["http"] =
-        json!({"url": "http://settle:8080/"});
+    both_runtimes["spec"]["functions"][0]["runtime"]["http"] = json!({"url": "http://settle:8080/"});
     let message = rejection(create(&client, &ns, both_runtimes).await);
-    assert!(
-        message.contains("exactly one of runtime.lambda and runtime.http must be set"),
-        "{message}"
-    );
+    assert!(message.contains("exactly one of runtime.lambda and runtime.http must be set"), "{message}");
 
     let mut min_above_max = example()?;
     min_above_max["metadata"]["name"] = json!("min-above-max");
     min_above_max["spec"]["functions"][0]["scaling"] = json!({"minReplicas": 5, "maxReplicas": 2});
     let message = rejection(create(&client, &ns, min_above_max).await);
-    assert!(
-        message.contains("scaling.minReplicas must not exceed scaling.maxReplicas"),
-        "{message}"
-    );
+    assert!(message.contains("scaling.minReplicas must not exceed scaling.maxReplicas"), "{message}");
 
     let mut duplicate = example()?;
     duplicate["metadata"]["name"] = json!("duplicate-names");
     let copy = duplicate["spec"]["functions"][0].clone();
-    duplicate["spec"]["functions"]
-        .as_array_mut()
-        .unwrap()
-        .push(copy);
+    duplicate["spec"]["functions"].as_array_mut().unwrap().push(copy);
     let message = rejection(create(&client, &ns, duplicate).await);
-    assert!(
-        message.contains("function names must be unique") || message.contains("Duplicate value"),
-        "{message}"
-    );
+    assert!(message.contains("function names must be unique") || message.contains("Duplicate value"), "{message}");
 
     let mut bad_duration = example()?;
     bad_duration["metadata"]["name"] = json!("bad-duration");
@@ -242,16 +183,10 @@ async fn invalid_pipelines_are_rejected_with_the_rule_message() -> anyhow::Resul
     bad_size["metadata"]["name"] = json!("bad-size");
     bad_size["spec"]["functions"][0]["batch"]["maxBytes"] = json!("6MB");
     let message = rejection(create(&client, &ns, bad_size).await);
-    assert!(
-        message.contains("must be a positive whole number of bytes"),
-        "{message}"
-    );
+    assert!(message.contains("must be a positive whole number of bytes"), "{message}");
 
     // None of them was stored.
     let stored = pipelines(&client, &ns).list(&Default::default()).await?;
-    assert!(
-        stored.items.is_empty(),
-        "rejected pipelines must not be stored"
-    );
+    assert!(stored.items.is_empty(), "rejected pipelines must not be stored");
     Ok(())
 }
