@@ -43,6 +43,9 @@ stop_services() {
   exit $rc
 }
 
+# From here on, whatever happens: stop the services (a no-op when none runs) and print timings.
+trap stop_services EXIT
+
 phase "install missing packages"
 tests/infra/deps.sh
 
@@ -55,14 +58,14 @@ tests/infra/kube.sh build
 phase "check formatting"
 cargo fmt --all --check
 
-phase "build (cargo test --no-run)"
+phase "build (binaries and tests)"
+cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-run "$@"
 
 phase "check CRD is up to date"
 "$CARGO_TARGET_DIR/debug/sluice-operator" crd | diff -u "crds/pipelines.sluice.dev.yaml" - \
   || { echo "crds/pipelines.sluice.dev.yaml is out of date: cargo run -p sluice-operator -- crd > crds/pipelines.sluice.dev.yaml" >&2; exit 1; }
 
-trap stop_services EXIT
 phase "start Kafka"
 kafka_env=$(tests/infra/kafka.sh start)
 eval "$kafka_env"
