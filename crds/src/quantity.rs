@@ -81,7 +81,7 @@ impl FromStr for ByteSize {
         // Work in units of 1/10^9 bytes so that `1.5Gi` or `0.5k` are exact.
         let (int_part, frac_part) = match number.split_once('.') {
             None => (number, ""),
-            Some((i, f)) if !f.contains('.') && !(i.is_empty() && f.is_empty()) => (i, f),
+            Some((i, f)) if !(f.contains('.') || (i.is_empty() && f.is_empty())) => (i, f),
             Some(_) => return Err(err("malformed number")),
         };
         if frac_part.len() > 9 {

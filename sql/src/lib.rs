@@ -5,6 +5,7 @@
 //! the processor's runtime.
 
 pub mod ast;
+pub mod catalog;
 pub mod error;
 pub mod lexer;
 pub mod parser;

@@ -238,6 +238,11 @@ impl Parser {
         Ok((k, self.expr()?))
     }
 
+    /// `[AS] alias`, when present.
+    fn alias(&mut self) -> Result<Option<Ident>, SqlError> {
+        if self.eat_word("AS") || self.at_ident() { Ok(Some(self.ident()?)) } else { Ok(None) }
+    }
+
     /// Whether the next token can start an identifier.
     fn at_ident(&self) -> bool {
         match self.peek_kind() {
@@ -653,25 +658,13 @@ impl Parser {
             return Ok(SelectItem::Wildcard { qualifier: Some(qualifier), pos });
         }
         let expr = self.expr()?;
-        let alias = if self.eat_word("AS") {
-            Some(self.ident()?)
-        } else if self.at_ident() {
-            Some(self.ident()?)
-        } else {
-            None
-        };
+        let alias = self.alias()?;
         Ok(SelectItem::Expr { expr, alias })
     }
 
     fn aliased_source(&mut self) -> Result<Relation, SqlError> {
         let name = self.ident()?;
-        let alias = if self.eat_word("AS") {
-            Some(self.ident()?)
-        } else if self.at_ident() {
-            Some(self.ident()?)
-        } else {
-            None
-        };
+        let alias = self.alias()?;
         Ok(Relation::Source { name, alias })
     }
 

@@ -103,7 +103,7 @@ async fn the_crd_is_accepted_without_warnings() -> anyhow::Result<()> {
     };
     let warnings = install_crd(&client).await?;
     assert!(warnings.is_empty(), "the apiserver warned about the CRD: {warnings:?}");
-    let stored = Api::<CustomResourceDefinition>::all(client).get(&Pipeline::crd_name()).await?;
+    let stored = Api::<CustomResourceDefinition>::all(client).get(Pipeline::crd_name()).await?;
     let version = &stored.spec.versions[0];
     let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
     assert_eq!(columns, ["Phase", "Lag", "Replicas", "Age"]);
