@@ -62,6 +62,9 @@ phase "build (binaries and tests)"
 cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-run "$@"
 
+phase "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 phase "check CRD is up to date"
 "$CARGO_TARGET_DIR/debug/sluice-operator" crd | diff -u "crds/pipelines.sluice.dev.yaml" - \
   || { echo "crds/pipelines.sluice.dev.yaml is out of date: cargo run -p sluice-operator -- crd > crds/pipelines.sluice.dev.yaml" >&2; exit 1; }

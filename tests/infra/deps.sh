@@ -35,7 +35,7 @@ if [[ "$go_minor" =~ ^[0-9]+$ ]] && ((go_minor < 24)); then
   echo "deps.sh: Go $(go env GOVERSION) is too old; Kubernetes 1.37 needs Go 1.24 or newer" >&2
   exit 1
 fi
-if ! cargo fmt --version >/dev/null 2>&1; then
-  rustup component add rustfmt >&2
-fi
+for component in rustfmt clippy; do
+  cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$component" >&2
+done
 echo "deps.sh: everything needed is installed" >&2
