@@ -3,3 +3,4 @@
 //! runner issue lands).
 
 pub mod ordering;
+pub mod response;
