@@ -2,5 +2,6 @@
 //! offset tracking (batching, the Lambda event, retries and the Runtime API join as the function
 //! runner issue lands).
 
+pub mod event;
 pub mod ordering;
 pub mod response;
