@@ -2,6 +2,7 @@
 //! offset tracking (batching, the Lambda event, retries and the Runtime API join as the function
 //! runner issue lands).
 
+pub mod batch;
 pub mod event;
 pub mod ordering;
 pub mod response;
