@@ -6,3 +6,4 @@ pub mod batch;
 pub mod event;
 pub mod ordering;
 pub mod response;
+pub mod retry;
