@@ -4,6 +4,7 @@
 //! This crate does no IO beyond what the caller hands it and links neither Kafka nor RocksDB, so
 //! the operator and the CLI can both depend on it.
 
+pub mod config;
 pub mod duration;
 pub mod pipeline;
 pub mod quantity;
