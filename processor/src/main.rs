@@ -38,12 +38,44 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    let what = match cli.command {
+    match cli.command {
         Command::Run { .. } => {
-            "sluice-processor run: the processor runtime is not implemented yet (processor runtime issue)"
+            eprintln!(
+                "sluice-processor run: the processor runtime is not implemented yet (processor runtime issue); nothing was done"
+            );
+            ExitCode::from(2)
         }
-        Command::Test { .. } => "sluice-processor test: the SQL engine is not implemented yet (SQL engine issue)",
-    };
-    eprintln!("{what}; nothing was done");
-    ExitCode::from(2)
+        Command::Test { filter, files } => test(filter.as_deref(), &files),
+    }
+}
+
+/// `sluice-processor test`: one `PASS`/`FAIL` line per case run, then `N passed, M failed`.
+/// Failing cases are a result, not an error: the exit code is 1 only when a file can't be run.
+fn test(filter: Option<&str>, files: &[PathBuf]) -> ExitCode {
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut unreadable = false;
+    for file in files {
+        match sluice_engine::qtt::run_file(file, filter) {
+            Ok(results) => {
+                for r in results {
+                    match r.failure {
+                        None => {
+                            passed += 1;
+                            println!("PASS {}", r.name);
+                        }
+                        Some(why) => {
+                            failed += 1;
+                            println!("FAIL {} :: {}", r.name, why.replace('\n', " "));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("sluice-processor test: {e}");
+                unreadable = true;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if unreadable { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }

@@ -122,7 +122,8 @@ pub struct FormatSpec {
 }
 
 impl FormatSpec {
-    fn plain(format: Format) -> Self {
+    /// A format with default options.
+    pub fn plain(format: Format) -> Self {
         FormatSpec { format, delimiter: None, wrap_single_value: None }
     }
 }
@@ -237,6 +238,11 @@ impl Catalog {
     /// Every source, by name.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
         self.sources.values()
+    }
+
+    /// Remove a source; returns it if it existed.
+    pub fn remove(&mut self, name: &str) -> Option<Source> {
+        self.sources.remove(name)
     }
 
     /// Add a source, replacing one of the same name when `replace` is set.
@@ -815,4 +821,123 @@ mod tests {
                 .unwrap();
         assert_eq!(replaced.topic, "other");
     }
+}
+
+/// The `WITH` properties a `CREATE ... AS SELECT` or `INSERT INTO` may carry.
+const SINK_PROPERTIES: &[&str] = &[
+    "KAFKA_TOPIC",
+    "PARTITIONS",
+    "REPLICAS",
+    "FORMAT",
+    "KEY_FORMAT",
+    "VALUE_FORMAT",
+    "KEY_DELIMITER",
+    "VALUE_DELIMITER",
+    "WRAP_SINGLE_VALUE",
+    "TIMESTAMP",
+    "TIMESTAMP_FORMAT",
+    "RETENTION_MS",
+    "KEY_SCHEMA_ID",
+    "VALUE_SCHEMA_ID",
+    "KEY_SCHEMA_FULL_NAME",
+    "VALUE_SCHEMA_FULL_NAME",
+    "VALUE_AVRO_SCHEMA_FULL_NAME",
+];
+
+/// What a sink's `WITH (...)` says, with formats falling back on the source's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkProperties {
+    /// `KAFKA_TOPIC`, when given.
+    pub topic: Option<String>,
+    /// Key format.
+    pub key_format: FormatSpec,
+    /// Value format.
+    pub value_format: FormatSpec,
+    /// `PARTITIONS`.
+    pub partitions: Option<i32>,
+    /// `REPLICAS`.
+    pub replicas: Option<i16>,
+    /// `TIMESTAMP` column name (resolved) and `TIMESTAMP_FORMAT`.
+    pub timestamp: Option<TimestampColumn>,
+}
+
+/// Check a sink's `WITH` clause; formats not given are inherited from `key`/`value`.
+pub fn sink_properties(props: &Properties, key: &FormatSpec, value: &FormatSpec) -> Result<SinkProperties, SqlError> {
+    for p in &props.0 {
+        if !SINK_PROPERTIES.contains(&p.name.as_str()) {
+            return Err(SqlError::new(p.pos, format!("Invalid config variable(s) in the WITH clause: {}", p.name)));
+        }
+    }
+    let format_of = |name: &str| -> Result<Option<(Format, Pos)>, SqlError> {
+        match props.get(name) {
+            None => Ok(None),
+            Some(p) => {
+                let text = property_string(p)?;
+                Format::parse(&text)
+                    .map(|f| Some((f, p.pos)))
+                    .ok_or_else(|| SqlError::new(p.pos, format!("Unknown format: {}", text.to_ascii_uppercase())))
+            }
+        }
+    };
+    let both = format_of("FORMAT")?;
+    let k = format_of("KEY_FORMAT")?;
+    let v = format_of("VALUE_FORMAT")?;
+    if let Some((_, at)) = both
+        && (k.is_some() || v.is_some())
+    {
+        return Err(SqlError::new(
+            at,
+            "Cannot supply both 'KEY_FORMAT' and 'FORMAT' properties, as 'FORMAT' sets both key and value formats. \
+             Either use just 'FORMAT', or use 'KEY_FORMAT' and 'VALUE_FORMAT'.",
+        ));
+    }
+    let mut key_format = match both.or(k) {
+        Some((f, _)) => FormatSpec::plain(f),
+        None => FormatSpec { wrap_single_value: None, ..key.clone() },
+    };
+    let mut value_format = match both.or(v) {
+        Some((f, _)) => FormatSpec::plain(f),
+        None => FormatSpec { wrap_single_value: None, ..value.clone() },
+    };
+    for (spec, property) in [(&mut key_format, "KEY_DELIMITER"), (&mut value_format, "VALUE_DELIMITER")] {
+        if let Some(p) = props.get(property) {
+            if spec.format != Format::Delimited {
+                return Err(SqlError::new(p.pos, format!("{property} can only be used with DELIMITED format")));
+            }
+            spec.delimiter = Some(delimiter(p)?);
+        }
+    }
+    if let Some(p) = props.get("WRAP_SINGLE_VALUE") {
+        value_format.wrap_single_value = Some(match &p.value {
+            Literal::Boolean(b) => *b,
+            Literal::String(s) if s.eq_ignore_ascii_case("true") => true,
+            Literal::String(s) if s.eq_ignore_ascii_case("false") => false,
+            _ => return Err(SqlError::new(p.pos, "WRAP_SINGLE_VALUE must be true or false")),
+        });
+    }
+    let partitions = props.get("PARTITIONS").map(positive_int).transpose()?;
+    let replicas = match props.get("REPLICAS") {
+        Some(p) => Some(i16::try_from(positive_int(p)?).map_err(|_| SqlError::new(p.pos, "REPLICAS is too large"))?),
+        None => None,
+    };
+    let timestamp = match props.get("TIMESTAMP") {
+        Some(p) => Some(TimestampColumn {
+            column: resolve_name(&property_string(p)?),
+            format: string_property(props, "TIMESTAMP_FORMAT")?,
+        }),
+        None => None,
+    };
+    Ok(SinkProperties {
+        topic: string_property(props, "KAFKA_TOPIC")?,
+        key_format,
+        value_format,
+        partitions,
+        replicas,
+        timestamp,
+    })
+}
+
+/// Check that a format can carry these columns (the sink side of [`Catalog::create_source`]).
+pub fn check_columns(spec: &FormatSpec, columns: &[Column], part: &str, pos: Pos) -> Result<(), SqlError> {
+    check_format_supports(spec, columns, part, pos)
 }
