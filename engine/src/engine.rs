@@ -155,7 +155,14 @@ impl<S: StateStore> Engine<S> {
                 let planned = query::plan(
                     &self.catalog,
                     &c.query,
-                    Target { name: &c.name, kind: Some(c.kind), properties: &c.properties, sql: text, id: id.clone() },
+                    Target {
+                        name: &c.name,
+                        kind: Some(c.kind),
+                        properties: &c.properties,
+                        sql: text,
+                        id: id.clone(),
+                        new_planner: self.new_planner(),
+                    },
                 )?;
                 self.check_sink_topic(&planned.sink, c.pos)?;
                 self.next_query += 1;
@@ -171,7 +178,14 @@ impl<S: StateStore> Engine<S> {
                 let planned = query::plan(
                     &self.catalog,
                     &i.query,
-                    Target { name: &i.target, kind: None, properties: &i.properties, sql: text, id: id.clone() },
+                    Target {
+                        name: &i.target,
+                        kind: None,
+                        properties: &i.properties,
+                        sql: text,
+                        id: id.clone(),
+                        new_planner: self.new_planner(),
+                    },
                 )?;
                 self.next_query += 1;
                 self.queries.push(planned.query);
@@ -231,6 +245,10 @@ impl<S: StateStore> Engine<S> {
             }
             Statement::Show(_) | Statement::Explain(_) => Ok(Outcome::Done),
         }
+    }
+
+    fn new_planner(&self) -> bool {
+        self.properties.get("ksql.new.query.planner.enabled").is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 
     fn check_sink_topic(&self, sink: &Source, pos: Pos) -> Result<(), SqlError> {

@@ -154,11 +154,7 @@ pub fn literal(l: &Literal, pos: Pos) -> Result<(Value, Option<SqlType>), SqlErr
             Ok(i) => (Value::Int(i), Some(SqlType::Int)),
             Err(_) => match text.parse::<i64>() {
                 Ok(i) => (Value::Bigint(i), Some(SqlType::Bigint)),
-                Err(_) => {
-                    let d = BigDecimal::from_str(text).map_err(|e| SqlError::new(pos, e.to_string()))?;
-                    let ty = value::type_of(&Value::Decimal(d.clone()));
-                    (Value::Decimal(d), ty)
-                }
+                Err(_) => return Err(SqlError::new(pos, format!("Invalid numeric literal: {text}"))),
             },
         },
         Literal::Decimal(text) => {
@@ -168,6 +164,12 @@ pub fn literal(l: &Literal, pos: Pos) -> Result<(Value, Option<SqlType>), SqlErr
         }
         Literal::Double(text) => {
             let d: f64 = text.parse().map_err(|_| SqlError::new(pos, format!("Invalid number: {text}")))?;
+            let exact =
+                BigDecimal::from_str(text).map_err(|_| SqlError::new(pos, format!("Invalid number: {text}")))?;
+            let max = BigDecimal::from_str(&format!("{:e}", f64::MAX)).unwrap_or_default();
+            if d.is_infinite() || exact.abs() > max {
+                return Err(SqlError::new(pos, format!("Number overflows DOUBLE: {text}")));
+            }
             (Value::Double(d), Some(SqlType::Double))
         }
         Literal::String(s) => (Value::String(s.clone()), Some(SqlType::String)),
@@ -193,6 +195,19 @@ pub fn compile(e: &ast::Expr, scope: &Scope) -> Result<Expr, SqlError> {
             Expr { node: Node::Literal(v), ty }
         }
         ExprKind::Unary { op, expr } => {
+            if *op == UnaryOp::Minus
+                && let ExprKind::Literal(Literal::Integer(text)) = &expr.kind
+            {
+                let negated = format!("-{text}");
+                if let Ok(v) = negated.parse::<i64>() {
+                    let (value, ty) = match i32::try_from(v) {
+                        Ok(i) => (Value::Int(i), SqlType::Int),
+                        Err(_) => (Value::Bigint(v), SqlType::Bigint),
+                    };
+                    return Ok(Expr { node: Node::Literal(value), ty: Some(ty) });
+                }
+                return Err(SqlError::new(pos, format!("Invalid numeric literal: {negated}")));
+            }
             let inner = c(expr)?;
             if let Some(t) = &inner.ty
                 && !t.is_numeric()
@@ -219,7 +234,11 @@ pub fn compile(e: &ast::Expr, scope: &Scope) -> Result<Expr, SqlError> {
             }
         }
         ExprKind::Binary { op, left, right } => {
-            let (l, r) = (c(left)?, c(right)?);
+            let (mut l, mut r) = (c(left)?, c(right)?);
+            if !matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Concat) {
+                magic_timestamp(left, &mut r)?;
+                magic_timestamp(right, &mut l)?;
+            }
             binary(*op, l, r, pos)?
         }
         ExprKind::Not(inner) => {
@@ -239,7 +258,9 @@ pub fn compile(e: &ast::Expr, scope: &Scope) -> Result<Expr, SqlError> {
             }
         }
         ExprKind::Between { expr, low, high, negated } => {
-            let (x, lo, hi) = (c(expr)?, c(low)?, c(high)?);
+            let (x, mut lo, mut hi) = (c(expr)?, c(low)?, c(high)?);
+            magic_timestamp(expr, &mut lo)?;
+            magic_timestamp(expr, &mut hi)?;
             check_comparable(&x, &lo, pos, "BETWEEN")?;
             check_comparable(&x, &hi, pos, "BETWEEN")?;
             Expr {
@@ -439,6 +460,19 @@ pub fn compile(e: &ast::Expr, scope: &Scope) -> Result<Expr, SqlError> {
             return Err(SqlError::new(pos, "Lambda expressions are only supported as arguments of lambda functions"));
         }
     })
+}
+
+/// ksqlDB reads a string compared with `ROWTIME`, `WINDOWSTART` or `WINDOWEND` as a timestamp.
+fn magic_timestamp(column: &ast::Expr, other: &mut Expr) -> Result<(), SqlError> {
+    let ExprKind::Column { name, .. } = &column.kind else { return Ok(()) };
+    if !matches!(name.name.as_str(), "ROWTIME" | "WINDOWSTART" | "WINDOWEND") {
+        return Ok(());
+    }
+    if let Node::Literal(Value::String(text)) = &other.node {
+        let ms = value::parse_timestamp(text).map_err(|m| SqlError::new(column.pos, m))?;
+        *other = Expr { node: Node::Literal(Value::Bigint(ms)), ty: Some(SqlType::Bigint) };
+    }
+    Ok(())
 }
 
 fn cond_pos(_whens: &[(ast::Expr, ast::Expr)], _cond: &Expr, pos: Pos) -> Pos {
@@ -703,13 +737,14 @@ impl Expr {
             Node::Compare { op, left, right } => {
                 let (l, r) = (left.eval(row)?, right.eval(row)?);
                 if l.is_null() || r.is_null() {
-                    return Ok(Value::Null);
+                    // ksqlDB: a comparison with NULL is false, not unknown.
+                    return Ok(Value::Boolean(false));
                 }
                 let result = match op {
                     Cmp::Eq => value::equal(&l, &r),
                     Cmp::Ne => !value::equal(&l, &r),
                     _ => {
-                        let Some(o) = value::compare(&l, &r) else { return Ok(Value::Null) };
+                        let Some(o) = value::compare(&l, &r) else { return Ok(Value::Boolean(false)) };
                         match op {
                             Cmp::Lt => o == Ordering::Less,
                             Cmp::Le => o != Ordering::Greater,
@@ -748,7 +783,7 @@ impl Expr {
             Node::Between { expr, low, high, negated } => {
                 let (x, lo, hi) = (expr.eval(row)?, low.eval(row)?, high.eval(row)?);
                 if x.is_null() || lo.is_null() || hi.is_null() {
-                    return Ok(Value::Null);
+                    return Ok(Value::Boolean(false));
                 }
                 let inside = value::compare(&x, &lo).is_some_and(|o| o != Ordering::Less)
                     && value::compare(&x, &hi).is_some_and(|o| o != Ordering::Greater);
@@ -757,7 +792,7 @@ impl Expr {
             Node::In { expr, list, negated } => {
                 let x = expr.eval(row)?;
                 if x.is_null() {
-                    return Ok(Value::Null);
+                    return Ok(Value::Boolean(false));
                 }
                 let mut found = false;
                 for item in list {
@@ -771,7 +806,7 @@ impl Expr {
             }
             Node::Like { expr, pattern, compiled, escape, negated } => {
                 let x = expr.eval(row)?;
-                let Value::String(s) = x else { return Ok(Value::Null) };
+                let Value::String(s) = x else { return Ok(Value::Boolean(false)) };
                 let matched = match compiled {
                     Some(re) => re.is_match(&s),
                     None => match pattern.eval(row)? {

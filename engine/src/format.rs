@@ -145,7 +145,7 @@ impl Serde {
                         out.push(delimiter);
                     }
                     if let Some(text) = delimited_text(v) {
-                        if text.contains(delimiter) || text.contains('"') || text.contains('\n') {
+                        if needs_quotes(&text, delimiter, i == 0) {
                             let _ = write!(out, "\"{}\"", text.replace('"', "\"\""));
                         } else {
                             out.push_str(&text);
@@ -238,6 +238,24 @@ fn kafka_encode(v: &Value) -> Result<Vec<u8>, String> {
         Value::Bytes(b) => b.clone(),
         other => return Err(format!("The 'KAFKA' format cannot write {other:?}")),
     })
+}
+
+/// Whether a DELIMITED field is quoted, by the rules of the CSV printer ksqlDB uses (minimal
+/// quoting): a record that starts with anything but a letter or digit, a field that starts with
+/// a control character, space, `!`, `"` or `#`, contains the delimiter, a quote or a line break, or
+/// ends with whitespace.
+fn needs_quotes(text: &str, delimiter: char, first: bool) -> bool {
+    let Some(c) = text.chars().next() else { return first };
+    if first && !c.is_ascii_alphanumeric() {
+        return true;
+    }
+    if c <= '#' {
+        return true;
+    }
+    if text.chars().any(|ch| ch == delimiter || ch == '"' || ch == '\n' || ch == '\r') {
+        return true;
+    }
+    text.chars().last().is_some_and(|l| l <= ' ')
 }
 
 /// Split one DELIMITED line into fields (`None` for an empty unquoted field), honouring quotes.

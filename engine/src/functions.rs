@@ -361,14 +361,9 @@ fn generic(name: &str, args: &[Option<SqlType>]) -> Option<Result<Resolved, Stri
     Some(match name {
         "GREATEST" | "LEAST" => (|| {
             if args.is_empty() {
-                return Err(format!("Function '{name}' needs at least one argument"));
+                return Err(format!("Function '{}' does not accept parameters ().", name.to_ascii_lowercase()));
             }
-            let t = common()?.unwrap_or(SqlType::String);
-            if !(t.is_numeric()
-                || matches!(t, SqlType::String | SqlType::Timestamp | SqlType::Date | SqlType::Time | SqlType::Bytes))
-            {
-                return Err(format!("Function '{name}' does not accept parameters of type {t}"));
-            }
+            let t = extreme_type(name, args)?;
             let eval: EvalFn =
                 if name == "GREATEST" { |a, _| Ok(extreme(a, true)) } else { |a, _| Ok(extreme(a, false)) };
             Ok(Resolved {
@@ -409,6 +404,61 @@ fn generic(name: &str, args: &[Option<SqlType>]) -> Option<Result<Resolved, Stri
     })
 }
 
+/// The argument type of `GREATEST`/`LEAST`: one type, decimals widened to a common decimal,
+/// anything numeric widened to DOUBLE when a DOUBLE is present, and strings read as the
+/// temporal type they are compared with; INT with BIGINT is ambiguous, as in ksqlDB.
+fn extreme_type(name: &str, args: &[Option<SqlType>]) -> Result<SqlType, String> {
+    let mut types: Vec<SqlType> = Vec::new();
+    for t in args.iter().flatten() {
+        if !types.contains(t) {
+            types.push(t.clone());
+        }
+    }
+    let shown = || {
+        let all: Vec<String> = args.iter().map(|a| a.as_ref().map_or("NULL".into(), |t| t.to_string())).collect();
+        all.join(", ")
+    };
+    let ambiguous = || {
+        format!(
+            "Function '{}' cannot be resolved due to ambiguous method parameters ({}).",
+            name.to_ascii_lowercase(),
+            shown()
+        )
+    };
+    let t = match types.as_slice() {
+        [] => SqlType::String,
+        [t] => t.clone(),
+        many if many.iter().all(|t| matches!(t, SqlType::Decimal { .. })) => {
+            let mut acc = many[0].clone();
+            for t in &many[1..] {
+                acc = common_type(&acc, t).ok_or_else(ambiguous)?;
+            }
+            acc
+        }
+        many if many.iter().all(SqlType::is_numeric) && many.contains(&SqlType::Double) => SqlType::Double,
+        many if many.iter().all(SqlType::is_numeric) => return Err(ambiguous()),
+        many => {
+            let temporal: Vec<&SqlType> = many.iter().filter(|t| **t != SqlType::String).collect();
+            match temporal.as_slice() {
+                [t] if matches!(t, SqlType::Date | SqlType::Time | SqlType::Timestamp) => (*t).clone(),
+                _ => {
+                    return Err(format!(
+                        "Function '{}' does not accept parameters ({}).",
+                        name.to_ascii_lowercase(),
+                        shown()
+                    ));
+                }
+            }
+        }
+    };
+    if !(t.is_numeric()
+        || matches!(t, SqlType::String | SqlType::Timestamp | SqlType::Date | SqlType::Time | SqlType::Bytes))
+    {
+        return Err(format!("Function '{name}' does not accept parameters of type {t}"));
+    }
+    Ok(t)
+}
+
 /// Resolve a call of `name` (upper case) on arguments of these types (`None`: an untyped NULL).
 /// `None` when no scalar function has that name.
 pub fn resolve(name: &str, args: &[Option<SqlType>]) -> Option<Result<Resolved, String>> {
@@ -443,7 +493,7 @@ pub fn resolve(name: &str, args: &[Option<SqlType>]) -> Option<Result<Resolved, 
                 params.push(target);
             }
             let ret = (s.ret)(&params);
-            let null_in_null_out = !matches!(name, "CONCAT" | "CONCAT_WS");
+            let null_in_null_out = !matches!(name, "CONCAT" | "CONCAT_WS" | "GEO_DISTANCE");
             return Some(Ok(Resolved { name: name.into(), params, ret, eval: s.eval, null_in_null_out }));
         }
     }
@@ -474,8 +524,10 @@ fn round_half_up(v: f64, places: i32) -> f64 {
     if !v.is_finite() {
         return v;
     }
+    // Java's Math.round: halves go towards positive infinity.
+    let mode = if v < 0.0 { RoundingMode::HalfDown } else { RoundingMode::HalfUp };
     match BigDecimal::from_str(&value::java_double(v)) {
-        Ok(d) => d.with_scale_round(i64::from(places), RoundingMode::HalfUp).to_f64().unwrap_or(v),
+        Ok(d) => d.with_scale_round(i64::from(places), mode).to_f64().unwrap_or(v),
         Err(_) => v,
     }
 }
@@ -488,6 +540,9 @@ fn round_int(v: i64, places: i32) -> i64 {
 }
 
 fn geo_distance(a: &[Value], unit: Option<&str>) -> Result<Value, String> {
+    if a[..4].iter().any(Value::is_null) {
+        return Ok(Value::Null);
+    }
     let radius = match unit.map(|u| u.trim().to_ascii_lowercase()) {
         None => 6371.0,
         Some(u) if u == "km" || u == "kilometers" || u == "kilometres" => 6371.0,

@@ -193,10 +193,18 @@ fn encode_key(source: &Source, key: Option<&Json>, window: Option<Window>) -> Re
     let serde = Serde::new(&source.key_format, cols.clone(), true)?;
     let values = match key {
         None | Some(Json::Null) => None,
+        Some(_) if cols.is_empty() => None,
+        Some(j) if source.key_format.format == Format::Delimited => Some(vec![Value::String(j.to_string())]),
         Some(j) => Some(json_to_values(j, &cols, true)?),
     };
     let mut bytes = match (&values, source.key_format.format) {
         (_, Format::None) => None,
+        (_, _) if cols.is_empty() => None,
+        (Some(_), Format::Delimited) => match key {
+            Some(Json::String(text)) => Some(text.as_bytes().to_vec()),
+            Some(other) => Some(other.to_string().into_bytes()),
+            None => None,
+        },
         (Some(v), Format::Json) if cols.len() == 1 => {
             Some(serde_json::to_vec(&key_json(&v[0])).map_err(|e| e.to_string())?)
         }
@@ -280,6 +288,7 @@ fn decode_output(engine: &Engine, rec: &Record) -> Result<(Json, Json, Option<Wi
         None => Json::Null,
         Some(b) => match sink.key_format.format {
             Format::Json => serde_json::from_slice(&b).map_err(|e| format!("key is not JSON: {e}"))?,
+            Format::Delimited => Json::String(String::from_utf8_lossy(&b).into_owned()),
             _ => {
                 let serde = Serde::new(&sink.key_format, key_cols.clone(), true)?;
                 match serde.decode(Some(&b))? {
@@ -324,7 +333,13 @@ fn json_equal(expected: &Json, actual: &Json) -> bool {
             _ => a == b,
         },
         (Json::Object(a), Json::Object(b)) => {
-            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| json_equal(v, w)))
+            // Field names as the sink's schema-aware deserializer reads them: case-insensitively.
+            a.len() == b.len()
+                && a.iter().all(|(k, v)| {
+                    b.get(k)
+                        .or_else(|| b.iter().find(|(bk, _)| bk.eq_ignore_ascii_case(k)).map(|(_, w)| w))
+                        .is_some_and(|w| json_equal(v, w))
+                })
         }
         (Json::Array(a), Json::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| json_equal(x, y)),
         (Json::String(a), Json::Number(_)) | (Json::Number(_), Json::String(a)) => {

@@ -88,6 +88,8 @@ pub struct Target<'a> {
     pub sql: &'a str,
     /// The query id.
     pub id: String,
+    /// `ksql.new.query.planner.enabled`: streams may drop their key columns.
+    pub new_planner: bool,
 }
 
 fn err(pos: Pos, msg: impl Into<String>) -> SqlError {
@@ -171,7 +173,9 @@ fn contains_aggregate(e: &ast::Expr) -> Option<String> {
 /// `KSQL_COL_n` for the rest.
 type StarFn<'a> = dyn Fn(Option<&Ident>, Pos) -> Result<Vec<(String, ast::Expr)>, SqlError> + 'a;
 
-fn name_items(select: &[SelectItem], star: &StarFn<'_>) -> Result<Vec<Item>, SqlError> {
+/// `taken`: names generated names must avoid (the sources' columns); `join`: qualified column
+/// references are named `ALIAS_COLUMN`, as ksqlDB names join columns.
+fn name_items(select: &[SelectItem], star: &StarFn<'_>, taken: &[String], join: bool) -> Result<Vec<Item>, SqlError> {
     let mut items = Vec::new();
     let mut unnamed = Vec::new();
     for s in select {
@@ -194,6 +198,9 @@ fn name_items(select: &[SelectItem], star: &StarFn<'_>) -> Result<Vec<Item>, Sql
                             ));
                         }
                         a.name.clone()
+                    }
+                    (None, ExprKind::Column { name, qualifier: Some(q) }) if join => {
+                        format!("{}_{}", q.name, name.name)
                     }
                     (None, ExprKind::Column { name, .. }) => {
                         if RESERVED.contains(&name.name.as_str()) {
@@ -222,7 +229,7 @@ fn name_items(select: &[SelectItem], star: &StarFn<'_>) -> Result<Vec<Item>, Sql
         loop {
             let candidate = format!("KSQL_COL_{n}");
             n += 1;
-            if !items.iter().any(|it| it.name == candidate) {
+            if !items.iter().any(|it| it.name == candidate) && !taken.contains(&candidate) {
                 items[i].name = candidate;
                 break;
             }
@@ -432,7 +439,8 @@ pub fn source_schema_text(s: &Source) -> String {
 fn plan_select(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Target<'_>) -> Result<Planned, SqlError> {
     let scope = reader.scope();
     let filter = check_where(&q.filter, &scope)?;
-    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos))?;
+    let taken: Vec<String> = scope.fields.iter().map(|f| f.name.clone()).collect();
+    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos), &taken, false)?;
     let is_table = reader.is_table();
     let kind = target.kind.unwrap_or(reader.source.kind);
     if kind == SourceKind::Table && !is_table {
@@ -475,6 +483,16 @@ fn plan_select(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Target
             .collect()
     };
     let compiled: Vec<Expr> = items.iter().map(|it| compile_select(&it.expr, &scope)).collect::<Result<_, _>>()?;
+    // A stream may drop its key: with no key column projected, the result has no key.
+    let key_exprs = if kind == SourceKind::Stream
+        && target.new_planner
+        && !rekeyed
+        && !key_exprs.iter().any(|(k, _)| compiled.iter().any(|c| same(c, k)))
+    {
+        Vec::new()
+    } else {
+        key_exprs
+    };
     let (key_cols, key_exprs_out, value_cols, value_exprs) =
         split_key(&items, &compiled, &key_exprs, &target, "key column", q.pos)?;
     if value_cols.is_empty() {
@@ -676,7 +694,8 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
     if reader.window().is_some() && window.is_some() {
         return Err(err(q.pos, "Cannot apply a WINDOW to an already windowed source"));
     }
-    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos))?;
+    let taken: Vec<String> = scope.fields.iter().map(|f| f.name.clone()).collect();
+    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos), &taken, false)?;
     // Extract aggregate calls into post-aggregation columns.
     let mut aggs: Vec<(Aggregate, Vec<Expr>)> = Vec::new();
     let mut agg_text: Vec<String> = Vec::new();
@@ -732,9 +751,6 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
     };
     // Replace group-by expressions by the key columns.
     let group_ref = |e: &ast::Expr| -> Option<ast::Expr> {
-        if matches!(e.kind, ExprKind::Literal(_)) {
-            return None;
-        }
         let c = expr::compile(e, &scope).ok()?;
         group.iter().position(|g| same(g, &c)).map(|i| column_ref(&format!("KSQL_GRP_{i}"), e.pos))
     };
@@ -771,8 +787,8 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
         post.push(None, format!("KSQL_AGG_VARIABLE_{i}"), a.ret.clone());
     }
     if window.is_some() {
-        post.push(None, "WINDOWSTART", SqlType::Bigint);
-        post.push(None, "WINDOWEND", SqlType::Bigint);
+        post.push(Some(&reader.alias), "WINDOWSTART", SqlType::Bigint);
+        post.push(Some(&reader.alias), "WINDOWEND", SqlType::Bigint);
     }
     // Any column left refers to the source outside the GROUP BY.
     let mut loose = Vec::new();
@@ -1016,23 +1032,28 @@ fn plan_join(catalog: &Catalog, q: &ast::Query, join: &ast::Join, target: Target
         }
     }
     let filter = check_where(&q.filter, &scope)?;
-    let items = name_items(&q.select, &|qf, pos| {
-        let mut out = Vec::new();
-        for r in [&left, &right] {
-            if qf.is_some_and(|x| x.name != r.alias) {
-                continue;
+    let items = name_items(
+        &q.select,
+        &|qf, pos| {
+            let mut out = Vec::new();
+            for r in [&left, &right] {
+                if qf.is_some_and(|x| x.name != r.alias) {
+                    continue;
+                }
+                for (name, e) in source_star(r, None, pos)? {
+                    out.push((format!("{}_{}", r.alias, name), e));
+                }
             }
-            for (name, e) in source_star(r, None, pos)? {
-                out.push((format!("{}_{}", r.alias, name), e));
+            if out.is_empty()
+                && let Some(x) = qf
+            {
+                return Err(err(x.pos, format!("'{}' is not a valid stream/table name or alias.", x.name)));
             }
-        }
-        if out.is_empty()
-            && let Some(x) = qf
-        {
-            return Err(err(x.pos, format!("'{}' is not a valid stream/table name or alias.", x.name)));
-        }
-        Ok(out)
-    })?;
+            Ok(out)
+        },
+        &scope.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        true,
+    )?;
     let compiled: Vec<Expr> = items.iter().map(|it| compile_select(&it.expr, &scope)).collect::<Result<_, _>>()?;
     // The key is the join expression; either side's counts (a full outer join needs both merged,
     // which ksqlDB writes as ROWKEY; here either side in the projection is accepted).
@@ -1264,10 +1285,17 @@ impl Query {
             Kind::Select(s) => {
                 let input = s.reader.decode(rec)?;
                 let table = s.reader.is_table();
+                if table && !input.key.is_empty() && input.key.iter().all(Value::is_null) {
+                    return Err("Skipping a table record with a NULL key".into());
+                }
                 match &input.value {
                     None => {
-                        if table {
-                            emit(&input.key, None, input.ts, input.window)?;
+                        // Tables forward deletes; streams forward a null value unchanged when
+                        // nothing filters it.
+                        if table || (s.filter.is_none() && !s.rekeyed) {
+                            let row = s.reader.row(&input);
+                            let key = if table { input.key.clone() } else { eval_all(&s.key, &row) };
+                            emit(&key, None, input.ts, input.window)?;
                         }
                     }
                     Some(_) => {
@@ -1401,11 +1429,17 @@ impl Agg {
             None => None,
         };
         if table {
+            if !input.key.is_empty() && input.key.iter().all(Value::is_null) {
+                return Err("Skipping a table record with a NULL key".into());
+            }
             // Retract the row's previous contribution, then add the new one.
             let src_key = encode_row(&input.key);
             if let Some(old) = store.get(&src_store, &src_key).and_then(|b| decode_row(&b)) {
                 let n = self.group.len();
                 let (group, args) = old.split_at(n);
+                // The same group: retract and add, then emit once (as Kafka Streams does when a
+                // table row's grouping key is unchanged).
+                let same_group = new.as_ref().is_some_and(|(g, _)| g.as_slice() == group);
                 let gkey = encode_row(group);
                 if let Some(mut state) = store.get(&agg_store, &gkey).and_then(|b| decode_row(&b)) {
                     let ts = state[0].as_i64().unwrap_or(0).max(input.ts);
@@ -1416,7 +1450,9 @@ impl Agg {
                     let mut rowv = vec![Value::Bigint(ts)];
                     rowv.extend(states.iter().cloned());
                     store.put(&agg_store, gkey, encode_row(&rowv));
-                    self.output(group, &states, None, ts, emit)?;
+                    if !same_group {
+                        self.output(group, &states, None, ts, emit)?;
+                    }
                 }
                 store.delete(&src_store, &src_key);
             }

@@ -169,6 +169,10 @@ pub fn java_double(v: f64) -> String {
     if v == 0.0 {
         return if v.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
+    // Java prints the smallest subnormal with two digits.
+    if v.abs() == f64::from_bits(1) {
+        return if v < 0.0 { "-4.9E-324".into() } else { "4.9E-324".into() };
+    }
     // Shortest round-trip digits, then Java's layout.
     let sci = format!("{:e}", v.abs());
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
@@ -311,7 +315,10 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     let bad = || format!("Failed to parse time '{text}'");
     let mut parts = text.trim().splitn(3, ':');
     let h: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let m: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let m: i64 = match parts.next() {
+        None => 0,
+        Some(p) => p.parse().map_err(|_| bad())?,
+    };
     let (s, frac) = match parts.next() {
         None => (0, 0),
         Some(sec) => {
@@ -326,7 +333,9 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
             (s, f)
         }
     };
-    if !(0..24).contains(&h) || !(0..60).contains(&m) || !(0..60).contains(&s) {
+    // `T24` (the end of a day) is accepted, as ksqlDB's partial datetimes do.
+    let end_of_day = h == 24 && m == 0 && s == 0 && frac == 0;
+    if !(end_of_day || (0..24).contains(&h)) || !(0..60).contains(&m) || !(0..60).contains(&s) {
         return Err(bad());
     }
     Ok(((h * 60 + m) * 60 + s) * 1000 + frac)
