@@ -112,8 +112,16 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                     let functions = p.spec.functions.len();
                     let mut processor = "no processor".to_owned();
                     if let Some(spec) = &p.spec.processor {
-                        match sluice_sql::parse_statements(&spec.sql) {
-                            Ok(statements) => processor = format!("{} SQL statements", statements.len()),
+                        // Parse, then analyse and plan every statement as the processor would.
+                        let mut engine = sluice_engine::Engine::default();
+                        match engine.execute_script(&spec.sql) {
+                            Ok(statements) => {
+                                processor = format!(
+                                    "{} SQL statements, {} persistent queries",
+                                    statements.len(),
+                                    engine.queries.len()
+                                )
+                            }
                             Err(e) => {
                                 eprintln!("{shown}: Pipeline {name:?}: spec.processor.sql: {e}");
                                 failed = true;
@@ -122,8 +130,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                         }
                     }
                     println!(
-                        "{shown}: Pipeline {name:?} is valid ({processor}, {functions} function{}); \
-                         the SQL's syntax is checked, its names and types not yet",
+                        "{shown}: Pipeline {name:?} is valid ({processor}, {functions} function{})",
                         if functions == 1 { "" } else { "s" }
                     );
                 }

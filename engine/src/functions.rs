@@ -714,10 +714,14 @@ mod tests {
     fn maths() {
         assert_eq!(call("ABS", vec![Value::Int(-3)]), Value::Int(3));
         assert_eq!(call("ROUND", vec![Value::Double(2.5)]), Value::Bigint(3));
+        assert_eq!(call("ROUND", vec![Value::Double(-2.5)]), Value::Bigint(-2));
         assert_eq!(call("ROUND", vec![Value::Double(1.2345), Value::Int(2)]), Value::Double(1.23));
         assert_eq!(call("FLOOR", vec![Value::Double(-1.5)]), Value::Double(-2.0));
         assert_eq!(call("SIGN", vec![Value::Double(-0.5)]), Value::Int(-1));
-        assert_eq!(call("GREATEST", vec![Value::Int(1), Value::Bigint(5), Value::Null]), Value::Bigint(5));
+        assert_eq!(call("GREATEST", vec![Value::Int(1), Value::Int(5), Value::Null]), Value::Int(5));
+        assert_eq!(call("GREATEST", vec![Value::Int(1), Value::Double(0.5)]), Value::Double(1.0));
+        // INT with BIGINT is ambiguous in ksqlDB.
+        assert!(resolve("LEAST", &[Some(SqlType::Int), Some(SqlType::Bigint)]).unwrap().is_err());
         assert_eq!(call("LEAST", vec![s("b"), s("a")]), s("a"));
         let Value::Double(d) = call(
             "GEO_DISTANCE",
