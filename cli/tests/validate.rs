@@ -24,7 +24,10 @@ fn example() -> String {
 fn the_example_is_valid() {
     let (code, stdout, stderr) = validate(&example());
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains(r#"Pipeline "trades" is valid (8 SQL statements, 5 persistent queries, 1 function)"#), "{stdout}");
+    assert!(
+        stdout.contains(r#"Pipeline "trades" is valid (8 SQL statements, 5 persistent queries, 1 function)"#),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -46,10 +49,13 @@ fn a_name_or_type_error_gives_line_and_column_and_exits_1() {
     let (code, _, stderr) = validate(&example().replacen("WHERE disposition LIKE", "WHERE dispositon LIKE", 1));
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("spec.processor.sql: line 19:9: Error in WHERE expression: WHERE column 'DISPOSITON' cannot be resolved."),
+        stderr.contains(
+            "spec.processor.sql: line 19:9: Error in WHERE expression: WHERE column 'DISPOSITON' cannot be resolved."
+        ),
         "{stderr}"
     );
-    let (code, _, stderr) = validate(&example().replacen("COUNT(*) AS num_completed", "COUNT(*) + 'x' AS num_completed", 1));
+    let (code, _, stderr) =
+        validate(&example().replacen("COUNT(*) AS num_completed", "COUNT(*) + 'x' AS num_completed", 1));
     assert_eq!(code, 1);
     assert!(stderr.contains("spec.processor.sql: line 17:18:"), "{stderr}");
 }

@@ -162,6 +162,7 @@ impl<S: StateStore> Engine<S> {
                         sql: text,
                         id: id.clone(),
                         new_planner: self.new_planner(),
+                        topic_prefix: self.topic_prefix(),
                     },
                 )?;
                 self.check_sink_topic(&planned.sink, c.pos)?;
@@ -185,6 +186,7 @@ impl<S: StateStore> Engine<S> {
                         sql: text,
                         id: id.clone(),
                         new_planner: self.new_planner(),
+                        topic_prefix: self.topic_prefix(),
                     },
                 )?;
                 self.next_query += 1;
@@ -245,6 +247,10 @@ impl<S: StateStore> Engine<S> {
             }
             Statement::Show(_) | Statement::Explain(_) => Ok(Outcome::Done),
         }
+    }
+
+    fn topic_prefix(&self) -> String {
+        self.properties.get("ksql.output.topic.name.prefix").cloned().unwrap_or_default()
     }
 
     fn new_planner(&self) -> bool {
@@ -345,7 +351,13 @@ impl<S: StateStore> Engine<S> {
         }
         let alias = alias.as_ref().map_or(source.name.clone(), |a| a.name.clone());
         let reader = Reader::new(source, &alias).map_err(|m| SqlError::new(name.pos, m))?;
-        let scope: Scope = reader.scope();
+        let mut scope: Scope = reader.scope();
+        // Pull queries see ROWTIME but not ROWPARTITION or ROWOFFSET.
+        for f in &mut scope.fields {
+            if f.name == "ROWPARTITION" || f.name == "ROWOFFSET" {
+                f.name = format!("{} (not available in pull queries)", f.name);
+            }
+        }
         let filter = match &q.filter {
             None => None,
             Some(f) => {

@@ -158,6 +158,70 @@ fn decimal_scale0(p: &[SqlType]) -> SqlType {
     }
 }
 
+/// `ROUND(DECIMAL(p, s))`: the integral digits only, `DECIMAL(p - s, 0)` as ksqlDB types it.
+fn decimal_integral(p: &[SqlType]) -> SqlType {
+    match p[0] {
+        SqlType::Decimal { precision, scale } => {
+            SqlType::Decimal { precision: (precision - scale).clamp(1, 38), scale: 0 }
+        }
+        _ => p[0].clone(),
+    }
+}
+
+/// Java's `$1` group references become the regex crate's `${1}`.
+fn java_replacement(r: &str) -> String {
+    let mut out = String::new();
+    let mut chars = r.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    if n == '$' {
+                        out.push_str("$$");
+                    } else {
+                        out.push(n);
+                    }
+                }
+            }
+            '$' => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{digits}}}"));
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn timestamp_to_string(ms: i64, pattern: &str, zone: Option<&str>) -> Result<Value, String> {
+    let t = chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| format!("timestamp {ms} is out of range"))?;
+    let fmt = crate::source::java_pattern(pattern);
+    let text = match zone.map(str::trim) {
+        None | Some("UTC") | Some("Z") | Some("GMT") => t.naive_utc().format(&fmt).to_string(),
+        Some(z) => {
+            let offset =
+                parse_offset(z).ok_or_else(|| format!("Unknown time zone '{z}': use UTC or an offset like +02:00"))?;
+            t.with_timezone(&offset).format(&fmt).to_string()
+        }
+    };
+    Ok(Value::String(text))
+}
+
+fn parse_offset(z: &str) -> Option<chrono::FixedOffset> {
+    let z = z.strip_prefix("UTC").or_else(|| z.strip_prefix("GMT")).unwrap_or(z);
+    let sign = match z.chars().next()? {
+        '+' => 1,
+        '-' => -1,
+        _ => return None,
+    };
+    let (h, m) = z[1..].split_once(':').unwrap_or((&z[1..], "0"));
+    chrono::FixedOffset::east_opt(sign * (h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60))
+}
+
 macro_rules! sig {
     ([$($p:ident),*], $ret:expr, $eval:expr) => {
         Sig { params: &[$(P::$p),*], variadic: false, ret: $ret, eval: $eval }
@@ -199,7 +263,7 @@ fn signatures(name: &str) -> Option<Vec<Sig>> {
         "ROUND" => vec![
             sig!([Int], same_as_first, |a, _| Ok(a[0].clone())),
             sig!([Bigint], same_as_first, |a, _| Ok(a[0].clone())),
-            sig!([Decimal], decimal_scale0, |a, _| Ok(Value::Decimal(value::rescale(&dec_of(&a[0]), 0)))),
+            sig!([Decimal], decimal_integral, |a, _| Ok(Value::Decimal(value::rescale(&dec_of(&a[0]), 0)))),
             sig!([Double], bigint, |a, _| Ok(Value::Bigint(round_half_up(dbl_of(&a[0]), 0) as i64))),
             sig!([Int, Int], same_as_first, |a, _| Ok(Value::Int(round_int(long_of(&a[0]), int_of(&a[1])) as i32))),
             sig!([Bigint, Int], same_as_first, |a, _| Ok(Value::Bigint(round_int(long_of(&a[0]), int_of(&a[1]))))),
@@ -258,6 +322,34 @@ fn signatures(name: &str) -> Option<Vec<Sig>> {
                 }))
             }),
         ],
+        "SIN" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).sin())))],
+        "COS" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).cos())))],
+        "TAN" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).tan())))],
+        "COT" => vec![sig!([Double], double, |a, _| Ok(Value::Double(1.0 / dbl_of(&a[0]).tan())))],
+        "ASIN" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).asin())))],
+        "ACOS" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).acos())))],
+        "ATAN" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).atan())))],
+        "ATAN2" => vec![sig!([Double, Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).atan2(dbl_of(&a[1])))))],
+        "SINH" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).sinh())))],
+        "COSH" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).cosh())))],
+        "TANH" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).tanh())))],
+        "REGEXP_REPLACE" => vec![sig!([Str, Str, Str], string, |a, _| {
+            let re = regex::Regex::new(str_of(&a[1]).unwrap_or("")).map_err(|e| format!("REGEXP_REPLACE: {e}"))?;
+            let replacement = java_replacement(str_of(&a[2]).unwrap_or(""));
+            Ok(Value::String(re.replace_all(str_of(&a[0]).unwrap_or(""), replacement.as_str()).into_owned()))
+        })],
+        "TIMESTAMPTOSTRING" => vec![
+            sig!([Bigint, Str], string, |a, _| timestamp_to_string(long_of(&a[0]), str_of(&a[1]).unwrap_or(""), None)),
+            sig!([Bigint, Str, Str], string, |a, _| {
+                timestamp_to_string(long_of(&a[0]), str_of(&a[1]).unwrap_or(""), str_of(&a[2]))
+            }),
+        ],
+        "STRINGTOTIMESTAMP" => vec![sig!([Str, Str], bigint, |a, _| {
+            Ok(Value::Bigint(crate::source::parse_with_format(
+                str_of(&a[0]).unwrap_or(""),
+                str_of(&a[1]).unwrap_or(""),
+            )?))
+        })],
         "SQRT" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).sqrt())))],
         "EXP" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).exp())))],
         "LN" => vec![sig!([Double], double, |a, _| Ok(Value::Double(dbl_of(&a[0]).ln())))],
@@ -384,6 +476,19 @@ fn generic(name: &str, args: &[Option<SqlType>]) -> Option<Result<Resolved, Stri
                 params: vec![t.clone(); args.len()],
                 ret: t,
                 eval: |a, _| Ok(a.iter().find(|v| !v.is_null()).cloned().unwrap_or(Value::Null)),
+                null_in_null_out: false,
+            })
+        })(),
+        "AS_VALUE" => (|| {
+            if args.len() != 1 {
+                return Err("Function 'AS_VALUE' takes one argument".into());
+            }
+            let t = args[0].clone().unwrap_or(SqlType::String);
+            Ok(Resolved {
+                name: name.into(),
+                params: vec![t.clone()],
+                ret: t,
+                eval: |a, _| Ok(a[0].clone()),
                 null_in_null_out: false,
             })
         })(),

@@ -90,6 +90,8 @@ pub struct Target<'a> {
     pub id: String,
     /// `ksql.new.query.planner.enabled`: streams may drop their key columns.
     pub new_planner: bool,
+    /// `ksql.output.topic.name.prefix`: prepended to default sink topic names.
+    pub topic_prefix: String,
 }
 
 fn err(pos: Pos, msg: impl Into<String>) -> SqlError {
@@ -173,9 +175,15 @@ fn contains_aggregate(e: &ast::Expr) -> Option<String> {
 /// `KSQL_COL_n` for the rest.
 type StarFn<'a> = dyn Fn(Option<&Ident>, Pos) -> Result<Vec<(String, ast::Expr)>, SqlError> + 'a;
 
-/// `taken`: names generated names must avoid (the sources' columns); `join`: qualified column
-/// references are named `ALIAS_COLUMN`, as ksqlDB names join columns.
-fn name_items(select: &[SelectItem], star: &StarFn<'_>, taken: &[String], join: bool) -> Result<Vec<Item>, SqlError> {
+/// `taken`: names generated names must avoid (the sources' columns); `clashing`: in a join, the
+/// column names more than one source has — a qualified reference to one is named
+/// `ALIAS_COLUMN`, as ksqlDB names join columns.
+fn name_items(
+    select: &[SelectItem],
+    star: &StarFn<'_>,
+    taken: &[String],
+    clashing: &[String],
+) -> Result<Vec<Item>, SqlError> {
     let mut items = Vec::new();
     let mut unnamed = Vec::new();
     for s in select {
@@ -199,7 +207,7 @@ fn name_items(select: &[SelectItem], star: &StarFn<'_>, taken: &[String], join: 
                         }
                         a.name.clone()
                     }
-                    (None, ExprKind::Column { name, qualifier: Some(q) }) if join => {
+                    (None, ExprKind::Column { name, qualifier: Some(q) }) if clashing.contains(&name.name) => {
                         format!("{}_{}", q.name, name.name)
                     }
                     (None, ExprKind::Column { name, .. }) => {
@@ -285,6 +293,9 @@ pub fn plan(catalog: &Catalog, q: &ast::Query, target: Target<'_>) -> Result<Pla
                 catalog.get(&name.name).ok_or_else(|| err(name.pos, format!("{} does not exist.", name.name)))?;
             let alias = alias.as_ref().map_or(source.name.clone(), |a| a.name.clone());
             let reader = Reader::new(source, &alias).map_err(|m| err(name.pos, m))?;
+            if source.window.is_some() && source.kind == SourceKind::Table {
+                return Err(err(name.pos, "KSQL does not support persistent queries on windowed tables."));
+            }
             let aggregated = !q.group_by.is_empty()
                 || q.select
                     .iter()
@@ -359,7 +370,7 @@ fn make_sink(
         (Some(_), _) => Source {
             name: target.name.name.clone(),
             kind,
-            topic: props.topic.clone().unwrap_or_else(|| target.name.name.clone()),
+            topic: props.topic.clone().unwrap_or_else(|| format!("{}{}", target.topic_prefix, target.name.name)),
             schema: Schema {
                 key: key
                     .iter()
@@ -440,7 +451,7 @@ fn plan_select(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Target
     let scope = reader.scope();
     let filter = check_where(&q.filter, &scope)?;
     let taken: Vec<String> = scope.fields.iter().map(|f| f.name.clone()).collect();
-    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos), &taken, false)?;
+    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos), &taken, &[])?;
     let is_table = reader.is_table();
     let kind = target.kind.unwrap_or(reader.source.kind);
     if kind == SourceKind::Table && !is_table {
@@ -695,7 +706,7 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
         return Err(err(q.pos, "Cannot apply a WINDOW to an already windowed source"));
     }
     let taken: Vec<String> = scope.fields.iter().map(|f| f.name.clone()).collect();
-    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos), &taken, false)?;
+    let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos), &taken, &[])?;
     // Extract aggregate calls into post-aggregation columns.
     let mut aggs: Vec<(Aggregate, Vec<Expr>)> = Vec::new();
     let mut agg_text: Vec<String> = Vec::new();
@@ -1032,6 +1043,8 @@ fn plan_join(catalog: &Catalog, q: &ast::Query, join: &ast::Join, target: Target
         }
     }
     let filter = check_where(&q.filter, &scope)?;
+    let clashing: Vec<String> =
+        ls.fields.iter().filter(|f| rs.fields.iter().any(|g| g.name == f.name)).map(|f| f.name.clone()).collect();
     let items = name_items(
         &q.select,
         &|qf, pos| {
@@ -1052,7 +1065,7 @@ fn plan_join(catalog: &Catalog, q: &ast::Query, join: &ast::Join, target: Target
             Ok(out)
         },
         &scope.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
-        true,
+        &clashing,
     )?;
     let compiled: Vec<Expr> = items.iter().map(|it| compile_select(&it.expr, &scope)).collect::<Result<_, _>>()?;
     // The key is the join expression; either side's counts (a full outer join needs both merged,
@@ -1292,7 +1305,7 @@ impl Query {
                     None => {
                         // Tables forward deletes; streams forward a null value unchanged when
                         // nothing filters it.
-                        if table || (s.filter.is_none() && !s.rekeyed) {
+                        if table || s.filter.is_none() {
                             let row = s.reader.row(&input);
                             let key = if table { input.key.clone() } else { eval_all(&s.key, &row) };
                             emit(&key, None, input.ts, input.window)?;
@@ -1378,8 +1391,12 @@ impl Agg {
     }
 
     /// Emit the current result of a group/window (a tombstone when HAVING rejects it).
+    /// A row HAVING rejects deletes what was emitted for its key before, if anything.
+    #[allow(clippy::too_many_arguments)]
     fn output(
         &self,
+        id: &str,
+        store: &mut dyn StateStore,
         group: &[Value],
         states: &[Value],
         window: Option<Window>,
@@ -1388,9 +1405,23 @@ impl Agg {
     ) -> Result<(), String> {
         let row = self.result_row(group, states, window);
         let key = eval_all(&self.key, &row);
-        if !passes(&self.having, &row) {
-            return emit(&key, None, ts, window);
+        if self.having.is_none() {
+            let value = eval_all(&self.value, &row);
+            return emit(&key, Some(&value), ts, window);
         }
+        let having_store = format!("{id}-having");
+        let mut flag = encode_row(&key);
+        if let Some(w) = window {
+            flag.extend_from_slice(&w.start.to_be_bytes());
+        }
+        if !passes(&self.having, &row) {
+            if store.get(&having_store, &flag).is_some() {
+                store.delete(&having_store, &flag);
+                return emit(&key, None, ts, window);
+            }
+            return Ok(());
+        }
+        store.put(&having_store, flag, Vec::new());
         let value = eval_all(&self.value, &row);
         emit(&key, Some(&value), ts, window)
     }
@@ -1451,7 +1482,7 @@ impl Agg {
                     rowv.extend(states.iter().cloned());
                     store.put(&agg_store, gkey, encode_row(&rowv));
                     if !same_group {
-                        self.output(group, &states, None, ts, emit)?;
+                        self.output(id, store, group, &states, None, ts, emit)?;
                     }
                 }
                 store.delete(&src_store, &src_key);
@@ -1477,7 +1508,7 @@ impl Agg {
                 let mut rowv = vec![Value::Bigint(ts)];
                 rowv.extend(states.iter().cloned());
                 store.put(&agg_store, gkey, encode_row(&rowv));
-                self.output(&group, &states, None, ts, emit)?;
+                self.output(id, store, &group, &states, None, ts, emit)?;
             }
             Some(WindowSpec::Session { gap, grace }) => {
                 let close = stream_time - grace;
@@ -1523,7 +1554,7 @@ impl Agg {
                 rowv.extend(states.iter().cloned());
                 store.put(&agg_store, k, encode_row(&rowv));
                 if !self.emit_final {
-                    self.output(&group, &states, Some(w), ts, emit)?;
+                    self.output(id, store, &group, &states, Some(w), ts, emit)?;
                 }
             }
             Some(spec) => {
@@ -1546,7 +1577,7 @@ impl Agg {
                     rowv.extend(states.iter().cloned());
                     store.put(&agg_store, k, encode_row(&rowv));
                     if !self.emit_final {
-                        self.output(&group, &states, Some(w), ts, emit)?;
+                        self.output(id, store, &group, &states, Some(w), ts, emit)?;
                     }
                 }
             }
@@ -1591,7 +1622,7 @@ impl Agg {
         }
         ready.sort_by_key(|(w, ..)| (w.end, w.start));
         for (w, group, states, ts, k) in ready {
-            self.output(&group, &states, Some(w), ts, emit)?;
+            self.output(id, store, &group, &states, Some(w), ts, emit)?;
             store.put(&done_store, k, Vec::new());
         }
         Ok(())

@@ -97,17 +97,18 @@ fn stock_trades_join_users_and_settlements_are_counted_per_minute() {
     engine.execute_script(STOCKTRADE_SQL).unwrap();
 
     // A user, then a trade by that user and one by an unknown user (LEFT JOIN keeps it).
-    assert!(outputs(&mut engine, record("users", Some("U1"), json!({"registertime": 1, "regionid": "R1"}), 1000)).is_empty());
-    let trade = |user: &str, qty: i32| {
-        json!({"side": "BUY", "quantity": qty, "symbol": "ZVV", "price": 100, "account": "A1", "userid": user})
-    };
+    assert!(
+        outputs(&mut engine, record("users", Some("U1"), json!({"registertime": 1, "regionid": "R1"}), 1000))
+            .is_empty()
+    );
+    let trade = |user: &str, qty: i32| json!({"side": "BUY", "quantity": qty, "symbol": "ZVV", "price": 100, "account": "A1", "userid": user});
     assert_eq!(
         outputs(&mut engine, record("stocktrade", None, trade("U1", 10), 2000)),
         vec![(
             "user_trades".into(),
             "U1".into(),
             None,
-            json!({"U_REGIONID": "R1", "QUANTITY": 10, "SYMBOL": "ZVV", "PRICE": 100, "ACCOUNT": "A1", "SIDE": "BUY"}),
+            json!({"REGIONID": "R1", "QUANTITY": 10, "SYMBOL": "ZVV", "PRICE": 100, "ACCOUNT": "A1", "SIDE": "BUY"}),
             2000
         )]
     );
@@ -117,7 +118,7 @@ fn stock_trades_join_users_and_settlements_are_counted_per_minute() {
             "user_trades".into(),
             "U2".into(),
             None,
-            json!({"U_REGIONID": null, "QUANTITY": 5, "SYMBOL": "ZVV", "PRICE": 100, "ACCOUNT": "A1", "SIDE": "BUY"}),
+            json!({"REGIONID": null, "QUANTITY": 5, "SYMBOL": "ZVV", "PRICE": 100, "ACCOUNT": "A1", "SIDE": "BUY"}),
             3000
         )]
     );
