@@ -38,9 +38,12 @@ pub struct Query {
     pub internal_topics: Vec<String>,
     kind: Kind,
     writer: Writer,
-    stream_time: i64,
-    /// Records dropped: undecodable, or too late for their window.
+    /// Stream time per input partition.
+    stream_time: std::collections::BTreeMap<i32, i64>,
+    /// Records dropped because they could not be processed (see the processing log).
     pub dropped: u64,
+    /// Window updates dropped because they arrived after the window closed (end + grace).
+    pub late: u64,
 }
 
 #[derive(Debug)]
@@ -272,6 +275,13 @@ fn compile_select(e: &ast::Expr, scope: &Scope) -> Result<Expr, SqlError> {
             er
         }
     })
+}
+
+fn positive_size(d: &ast::Duration, pos: Pos) -> Result<i64, SqlError> {
+    match d.millis() {
+        ms if ms > 0 => Ok(ms),
+        _ => Err(err(pos, "Window size must be positive")),
+    }
 }
 
 fn window_ms(d: &ast::Duration) -> i64 {
@@ -524,8 +534,9 @@ fn plan_select(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Target
             internal_topics: internal,
             kind: Kind::Select(Box::new(Select { reader, filter, key: key_exprs_out, value: value_exprs, rekeyed })),
             writer,
-            stream_time: i64::MIN,
+            stream_time: Default::default(),
             dropped: 0,
+            late: 0,
         },
         sink,
     })
@@ -686,11 +697,11 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
         None => None,
         Some(w) => Some(match w {
             WindowExpr::Tumbling { size, options } => WindowSpec::Tumbling {
-                size: window_ms(size),
+                size: positive_size(size, q.pos)?,
                 grace: options.grace.as_ref().map_or(DEFAULT_GRACE_MS, window_ms),
             },
             WindowExpr::Hopping { size, advance, options } => {
-                let (size, advance) = (window_ms(size), window_ms(advance));
+                let (size, advance) = (positive_size(size, q.pos)?, window_ms(advance));
                 if advance <= 0 || advance > size {
                     return Err(err(q.pos, "Window advance must be positive and not larger than the window size"));
                 }
@@ -885,8 +896,9 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
                 emit_final: q.emit == Some(Emit::Final),
             })),
             writer,
-            stream_time: i64::MIN,
+            stream_time: Default::default(),
             dropped: 0,
+            late: 0,
         },
         sink,
     })
@@ -1153,8 +1165,9 @@ fn plan_join(catalog: &Catalog, q: &ast::Query, join: &ast::Join, target: Target
                 value: value_exprs,
             })),
             writer,
-            stream_time: i64::MIN,
+            stream_time: Default::default(),
             dropped: 0,
+            late: 0,
         },
         sink,
     })
@@ -1328,8 +1341,10 @@ impl Query {
             }
             Kind::Aggregate(a) => {
                 let input = a.reader.decode(rec)?;
-                self.stream_time = self.stream_time.max(input.ts);
-                a.process(&id, &input, self.stream_time, store, &mut emit)?;
+                let time = self.stream_time.entry(input.partition).or_insert(i64::MIN);
+                *time = (*time).max(input.ts);
+                let now = *time;
+                self.late += a.process(&id, &input, now, store, &mut emit)?;
             }
             Kind::Join(j) => {
                 let from_left = rec.topic == j.left.source.topic;
@@ -1361,14 +1376,14 @@ impl Agg {
             None => vec![],
             Some(WindowSpec::Tumbling { size, .. }) => {
                 let start = ts - ts.rem_euclid(size);
-                vec![Window { start, end: start + size }]
+                vec![Window { start, end: start.saturating_add(size) }]
             }
             Some(WindowSpec::Hopping { size, advance, .. }) => {
                 let mut out = Vec::new();
                 let last = ts - ts.rem_euclid(advance);
                 let mut start = last;
-                while start > ts - size && start >= 0 {
-                    out.push(Window { start, end: start + size });
+                while start > ts.saturating_sub(size) && start >= 0 {
+                    out.push(Window { start, end: start.saturating_add(size) });
                     start -= advance;
                 }
                 out.reverse();
@@ -1433,7 +1448,8 @@ impl Agg {
         stream_time: i64,
         store: &mut dyn StateStore,
         emit: &mut EmitFn<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
+        let mut late = 0;
         let table = self.reader.is_table();
         let agg_store = format!("{id}-agg");
         let src_store = format!("{id}-src");
@@ -1465,14 +1481,20 @@ impl Agg {
             }
             // Retract the row's previous contribution, then add the new one.
             let src_key = encode_row(&input.key);
-            if let Some(old) = store.get(&src_store, &src_key).and_then(|b| decode_row(&b)) {
+            if let Some(old) = store
+                .get(&src_store, &src_key)
+                .and_then(|b| decode_row(&b))
+                .filter(|r| r.len() == self.group.len() + self.aggs.len())
+            {
                 let n = self.group.len();
                 let (group, args) = old.split_at(n);
                 // The same group: retract and add, then emit once (as Kafka Streams does when a
                 // table row's grouping key is unchanged).
                 let same_group = new.as_ref().is_some_and(|(g, _)| g.as_slice() == group);
                 let gkey = encode_row(group);
-                if let Some(mut state) = store.get(&agg_store, &gkey).and_then(|b| decode_row(&b)) {
+                if let Some(mut state) =
+                    store.get(&agg_store, &gkey).and_then(|b| decode_row(&b)).filter(|r| r.len() == 1 + self.aggs.len())
+                {
                     let ts = state[0].as_i64().unwrap_or(0).max(input.ts);
                     let mut states: Vec<Value> = state.split_off(1);
                     for (i, (a, _)) in self.aggs.iter().enumerate() {
@@ -1493,11 +1515,15 @@ impl Agg {
                 store.put(&src_store, src_key, encode_row(&saved));
             }
         }
-        let Some((group, args)) = new else { return Ok(()) };
+        let Some((group, args)) = new else { return Ok(0) };
         let gkey = encode_row(&group);
         match self.window {
             None => {
-                let (ts, mut states) = match store.get(&agg_store, &gkey).and_then(|b| decode_row(&b)) {
+                let (ts, mut states) = match store
+                    .get(&agg_store, &gkey)
+                    .and_then(|b| decode_row(&b))
+                    .filter(|r| r.len() == 1 + self.aggs.len())
+                {
                     Some(mut s) => (s[0].as_i64().unwrap_or(0), s.split_off(1)),
                     None => (input.ts, self.aggs.iter().map(|(a, _)| a.init()).collect()),
                 };
@@ -1511,9 +1537,9 @@ impl Agg {
                 self.output(id, store, &group, &states, None, ts, emit)?;
             }
             Some(WindowSpec::Session { gap, grace }) => {
-                let close = stream_time - grace;
+                let close = stream_time.saturating_sub(grace);
                 if input.ts < close {
-                    return Ok(());
+                    return Ok(1);
                 }
                 let mut start = input.ts;
                 let mut end = input.ts;
@@ -1524,9 +1550,9 @@ impl Agg {
                 }
                 let mut merged = Vec::new();
                 for (k, v) in store.range(&agg_store, &gkey) {
-                    let Some(mut saved) = decode_row(&v) else { continue };
+                    let Some(mut saved) = decode_row(&v).filter(|r| r.len() == 3 + self.aggs.len()) else { continue };
                     let (s_start, s_end) = (saved[1].as_i64().unwrap_or(0), saved[2].as_i64().unwrap_or(0));
-                    if s_end + gap >= input.ts && s_start - gap <= input.ts {
+                    if s_end.saturating_add(gap) >= input.ts && s_start.saturating_sub(gap) <= input.ts {
                         let old_states = saved.split_off(3);
                         ts = ts.max(saved[0].as_i64().unwrap_or(0));
                         start = start.min(s_start);
@@ -1560,12 +1586,17 @@ impl Agg {
             Some(spec) => {
                 let grace = spec.grace();
                 for w in self.windows(input.ts) {
-                    if w.end <= stream_time - grace {
+                    if w.end <= stream_time.saturating_sub(grace) {
+                        late += 1;
                         continue;
                     }
                     let mut k = gkey.clone();
                     k.extend_from_slice(&w.start.to_be_bytes());
-                    let (ts, mut states) = match store.get(&agg_store, &k).and_then(|b| decode_row(&b)) {
+                    let (ts, mut states) = match store
+                        .get(&agg_store, &k)
+                        .and_then(|b| decode_row(&b))
+                        .filter(|r| r.len() == 1 + self.aggs.len())
+                    {
                         Some(mut s) => (s[0].as_i64().unwrap_or(0), s.split_off(1)),
                         None => (input.ts, self.aggs.iter().map(|(a, _)| a.init()).collect()),
                     };
@@ -1585,7 +1616,7 @@ impl Agg {
         if self.emit_final {
             self.flush_final(id, stream_time, store, emit)?;
         }
-        Ok(())
+        Ok(late)
     }
 
     /// `EMIT FINAL`: emit each window once stream time passes its end plus grace.
@@ -1604,8 +1635,9 @@ impl Agg {
             if store.get(&done_store, &k).is_some() {
                 continue;
             }
-            let Some(saved) = decode_row(&v) else { continue };
-            let n = k.len() - 8;
+            let width = if matches!(spec, WindowSpec::Session { .. }) { 3 } else { 1 } + self.aggs.len();
+            let Some(saved) = decode_row(&v).filter(|r| r.len() == width) else { continue };
+            let Some(n) = k.len().checked_sub(8) else { continue };
             let Some(group) = decode_row(&k[..n]) else { continue };
             let start = i64::from_be_bytes(k[n..].try_into().unwrap_or([0; 8]));
             let (w, states) = match spec {
@@ -1613,10 +1645,10 @@ impl Agg {
                     (Window { start, end: saved[2].as_i64().unwrap_or(start) }, saved[3..].to_vec())
                 }
                 WindowSpec::Tumbling { size, .. } | WindowSpec::Hopping { size, .. } => {
-                    (Window { start, end: start + size }, saved[1..].to_vec())
+                    (Window { start, end: start.saturating_add(size) }, saved[1..].to_vec())
                 }
             };
-            if w.end + spec.grace() <= stream_time {
+            if w.end.saturating_add(spec.grace()) <= stream_time {
                 ready.push((w, group, states, saved[0].as_i64().unwrap_or(0), k));
             }
         }
@@ -1733,9 +1765,9 @@ impl Join {
                 saved.extend(row.iter().cloned());
                 store.put(&my_store, bk, encode_row(&saved));
                 let (lo, hi) = if left_side {
-                    (input.ts - before, input.ts + after)
+                    (input.ts.saturating_sub(before), input.ts.saturating_add(after))
                 } else {
-                    (input.ts - after, input.ts + before)
+                    (input.ts.saturating_sub(after), input.ts.saturating_add(before))
                 };
                 let mut matched = false;
                 for (_, v) in store.range(&other_store, &k) {
