@@ -50,6 +50,12 @@ pub struct ProcessingError {
     pub query: String,
     /// What went wrong.
     pub message: String,
+    /// The record's topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
 }
 
 /// The engine over a state store.
@@ -66,6 +72,9 @@ pub struct Engine<S: StateStore = MemoryStore> {
     pub errors: Vec<ProcessingError>,
     next_query: usize,
     offsets: BTreeMap<String, i64>,
+    /// Whether a query's output is fed to the queries reading its topic within the same call
+    /// (tests, `sluice-processor test`), or left to come back through Kafka (the runtime).
+    pub chain: bool,
 }
 
 impl Default for Engine<MemoryStore> {
@@ -87,6 +96,7 @@ impl<S: StateStore> Engine<S> {
             errors: Vec::new(),
             next_query: 1,
             offsets: BTreeMap::new(),
+            chain: true,
         }
     }
 
@@ -290,17 +300,39 @@ impl<S: StateStore> Engine<S> {
                             r.offset = *offset;
                             *offset += 1;
                             produced.push(r.clone());
-                            queue.push_back(r);
+                            if self.chain {
+                                queue.push_back(r);
+                            }
                         }
                     }
                     Err(message) => {
                         q.dropped += 1;
-                        self.errors.push(ProcessingError { query: q.id.clone(), message });
+                        self.errors.push(ProcessingError {
+                            query: q.id.clone(),
+                            message,
+                            topic: rec.topic.clone(),
+                            partition: rec.partition,
+                            offset: rec.offset,
+                        });
                     }
                 }
             }
         }
         produced
+    }
+
+    /// The topics the queries read, and those they write.
+    pub fn topics(&self) -> (Vec<String>, Vec<String>) {
+        let mut read: Vec<String> = self.queries.iter().flat_map(|q| q.inputs.iter().cloned()).collect();
+        // Tables are materialized for pull queries even when no query reads them.
+        read.extend(self.catalog.sources().filter(|s| s.kind == SourceKind::Table).map(|s| s.topic.clone()));
+        read.sort();
+        read.dedup();
+        let mut written: Vec<String> =
+            self.queries.iter().filter_map(|q| self.catalog.get(&q.sink).map(|s| s.topic.clone())).collect();
+        written.sort();
+        written.dedup();
+        (read, written)
     }
 
     /// Keep every table's rows, by record key, for pull queries.

@@ -1,6 +1,9 @@
 //! `sluice-processor`: one replica of the stateful SQL processor, and the QTT conformance runner.
 
-use std::{path::PathBuf, process::ExitCode};
+mod http;
+mod runtime;
+
+use std::{path::PathBuf, process::ExitCode, sync::atomic::Ordering};
 
 use clap::{Parser, Subcommand};
 use sluice_telemetry::LogArgs;
@@ -39,14 +42,59 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
     match cli.command {
-        Command::Run { .. } => {
-            eprintln!(
-                "sluice-processor run: the processor runtime is not implemented yet (processor runtime issue); nothing was done"
-            );
-            ExitCode::from(2)
-        }
+        Command::Run { config } => match run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice-processor run: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Test { filter, files } => test(filter.as_deref(), &files),
     }
+}
+
+/// `sluice-processor run`: the processing loop on a thread of its own, the HTTP side on tokio,
+/// SIGTERM/SIGINT stop the loop after it commits what it processed.
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: sluice_crds::config::ProcessorConfig =
+        sluice_crds::config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let ordinal = config.resolve_ordinal(std::env::var("POD_NAME").ok().as_deref())?;
+    let shared = runtime::Shared::new(&config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&config.listen))
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, application = %config.application_id, ordinal, "processor starting");
+    let app = http::router(shared.clone());
+    rt.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let stopper = shared.clone();
+    rt.spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stop requested");
+        stopper.stop.store(true, Ordering::SeqCst);
+    });
+    let worker = shared.clone();
+    let result = std::thread::spawn(move || runtime::run(&config, ordinal, worker))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// `sluice-processor test`: one `PASS`/`FAIL` line per case run, then `N passed, M failed`.

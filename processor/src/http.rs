@@ -1,0 +1,175 @@
+//! The processor's HTTP side: ksqlDB-compatible `/info`, `/healthcheck`, `/ksql` (read-only
+//! statements), `/query` (pull queries), and `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value as Json_, json};
+use sluice_engine::{Outcome, Value};
+use sluice_sql::ast::{ShowKind, SourceKind, Statement};
+
+use crate::runtime::Shared;
+
+/// The routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/info", get(info))
+        .route("/healthcheck", get(healthcheck))
+        .route("/metrics", get(metrics))
+        .route("/ksql", post(ksql))
+        .route("/query", post(query))
+        .with_state(shared)
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: assigning partitions").into_response()
+    }
+}
+
+async fn info(State(s): State<Arc<Shared>>) -> Json<Json_> {
+    Json(json!({"KsqlServerInfo": {
+        "version": env!("CARGO_PKG_VERSION"),
+        "ksqlServiceId": s.application_id,
+        "serverStatus": if s.ready.load(Ordering::SeqCst) { "RUNNING" } else { "STARTING" },
+        "server": "sluice-processor",
+    }}))
+}
+
+async fn healthcheck(State(s): State<Arc<Shared>>) -> Response {
+    let ready = s.ready.load(Ordering::SeqCst);
+    let body =
+        json!({"isHealthy": ready, "details": {"kafka": {"isHealthy": ready}, "metastore": {"isHealthy": true}}});
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &s.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    let message = message.into();
+    (
+        code,
+        Json(json!({"@type": "statement_error", "error_code": u32::from(code.as_u16()) * 100 + 1, "message": message})),
+    )
+        .into_response()
+}
+
+fn statement_of(body: &Json_) -> Result<(Statement, String), Box<Response>> {
+    let Some(sql) = body.get("ksql").and_then(Json_::as_str) else {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "the request needs a \"ksql\" string")));
+    };
+    let mut parsed =
+        sluice_sql::parse_statements(sql).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
+    if parsed.len() != 1 {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "send exactly one statement")));
+    }
+    Ok(parsed.remove(0))
+}
+
+fn json_value(v: &Value) -> Json_ {
+    match v {
+        Value::Decimal(d) => serde_json::from_str(&sluice_engine::value::plain_decimal(d)).unwrap_or(Json_::Null),
+        Value::Timestamp(_) | Value::Date(_) | Value::Time(_) => {
+            Json_::String(sluice_engine::value::to_text(v).unwrap_or_default())
+        }
+        Value::Array(items) => Json_::Array(items.iter().map(json_value).collect()),
+        Value::Struct(fields) => Json_::Object(fields.iter().map(|(k, v)| (k.clone(), json_value(v))).collect()),
+        Value::Map(entries) => Json_::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (sluice_engine::value::to_text(k).unwrap_or_default(), json_value(v)))
+                .collect(),
+        ),
+        other => serde_json::from_str(&sluice_engine::format::to_json_text(other)).unwrap_or(Json_::Null),
+    }
+}
+
+/// `/ksql`: the read-only statements; anything that would change the pipeline is refused.
+async fn ksql(State(s): State<Arc<Shared>>, Json(body): Json<Json_>) -> Response {
+    let (statement, text) = match statement_of(&body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let Ok(engine) = s.engine.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable") };
+    let entity = match &statement {
+        Statement::Show(kind @ (ShowKind::Streams | ShowKind::Tables)) => {
+            let want = if *kind == ShowKind::Streams { SourceKind::Stream } else { SourceKind::Table };
+            let items: Vec<Json_> = engine
+                .catalog
+                .sources()
+                .filter(|src| src.kind == want)
+                .map(|src| {
+                    json!({"type": if want == SourceKind::Stream { "STREAM" } else { "TABLE" }, "name": src.name,
+                           "topic": src.topic, "keyFormat": src.key_format.format.to_string(),
+                           "valueFormat": src.value_format.format.to_string(), "isWindowed": src.window.is_some()})
+                })
+                .collect();
+            let key = if want == SourceKind::Stream { "streams" } else { "tables" };
+            json!({"@type": key, "statementText": text, key: items})
+        }
+        Statement::Show(ShowKind::Queries) => {
+            let queries: Vec<Json_> = engine
+                .queries
+                .iter()
+                .map(|q| json!({"id": q.id, "sinks": [q.sink], "queryType": "PERSISTENT", "state": "RUNNING"}))
+                .collect();
+            json!({"@type": "queries", "statementText": text, "queries": queries})
+        }
+        Statement::Describe { name, .. } => match engine.catalog.get(&name.name) {
+            Some(src) => json!({"@type": "sourceDescription", "statementText": text, "sourceDescription": {
+                "name": src.name, "type": if src.kind == SourceKind::Stream { "STREAM" } else { "TABLE" },
+                "topic": src.topic, "keyFormat": src.key_format.format.to_string(),
+                "valueFormat": src.value_format.format.to_string(),
+                "schema": sluice_engine::query::source_schema_text(src), "statement": src.sql,
+            }}),
+            None => return error(StatusCode::BAD_REQUEST, format!("Could not find STREAM/TABLE '{}'", name.name)),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "only SHOW STREAMS, SHOW TABLES, SHOW QUERIES and DESCRIBE are served here: the Pipeline resource \
+                 is the source of truth for the pipeline's statements",
+            );
+        }
+    };
+    Json(json!([entity])).into_response()
+}
+
+/// `/query`: pull queries on materialized tables, as ksqlDB's `/query` answers them.
+async fn query(State(s): State<Arc<Shared>>, Json(body): Json<Json_>) -> Response {
+    let (statement, _) = match statement_of(&body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let Statement::Query(q) = &statement else { return error(StatusCode::BAD_REQUEST, "/query takes a SELECT") };
+    if q.emit.is_some() {
+        return error(StatusCode::BAD_REQUEST, "push queries (EMIT CHANGES) are not served yet; run a pull query");
+    }
+    let Ok(engine) = s.engine.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable") };
+    match engine.pull(q) {
+        Ok(Outcome::Rows { schema, rows }) => {
+            let mut out = vec![json!({"header": {"queryId": "pull", "schema": schema}})];
+            out.extend(rows.iter().map(|r| json!({"row": {"columns": r.iter().map(json_value).collect::<Vec<_>>()}})));
+            Json(Json_::Array(out)).into_response()
+        }
+        Ok(_) => error(StatusCode::BAD_REQUEST, "not a pull query"),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
