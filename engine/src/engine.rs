@@ -288,11 +288,13 @@ impl<S: StateStore> Engine<S> {
         let mut produced = Vec::new();
         let mut queue = VecDeque::from([record]);
         while let Some(rec) = queue.pop_front() {
+            self.store.set_partition(Some(rec.partition));
             self.materialize(&rec);
             for q in &mut self.queries {
                 if !q.reads(&rec.topic) {
                     continue;
                 }
+                self.store.set_partition(Some(if q.needs_repartition() { 0 } else { rec.partition }));
                 match q.process(&rec, &mut self.store) {
                     Ok(out) => {
                         for mut r in out {
@@ -318,6 +320,7 @@ impl<S: StateStore> Engine<S> {
                 }
             }
         }
+        self.store.set_partition(None);
         produced
     }
 

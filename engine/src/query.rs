@@ -1362,6 +1362,13 @@ impl Query {
         Ok(out)
     }
 
+    /// Whether the plan re-keys its input (a repartition topic in Kafka Streams). Its state is
+    /// then not aligned with the input partitions: until repartition topics exist, such a query
+    /// keeps its state in one logical partition (0), which is correct with a single replica.
+    pub fn needs_repartition(&self) -> bool {
+        self.internal_topics.iter().any(|t| t.ends_with("-repartition"))
+    }
+
     /// Whether this query reads `topic`.
     pub fn reads(&self, topic: &str) -> bool {
         self.inputs.iter().any(|t| t == topic)

@@ -18,6 +18,10 @@ pub trait StateStore {
     fn delete(&mut self, store: &str, key: &[u8]);
     /// Every entry whose key starts with `prefix`, in key order.
     fn range(&self, store: &str, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// The input partition whose record is being processed: a partitioned store keeps each
+    /// partition's state apart (and changelogs it to that partition). `None`: reads span every
+    /// partition (pull queries).
+    fn set_partition(&mut self, _partition: Option<i32>) {}
 }
 
 /// An in-memory [`StateStore`].

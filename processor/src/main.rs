@@ -2,6 +2,7 @@
 
 mod http;
 mod runtime;
+mod state;
 
 use std::{path::PathBuf, process::ExitCode, sync::atomic::Ordering};
 

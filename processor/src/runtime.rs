@@ -27,6 +27,8 @@ use sluice_crds::config::ProcessorConfig;
 use sluice_engine::{Engine, Record};
 use tracing::{info, warn};
 
+use crate::state::RocksStore;
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Counters exported on `/metrics`.
@@ -40,12 +42,14 @@ pub struct Metrics {
     pub processing_errors: Counter,
     /// Transactions (or offset commits) completed.
     pub commits: Counter,
+    /// Changelog records applied while restoring state.
+    pub restored: Counter,
 }
 
 /// What the HTTP side shares with the processing loop.
 pub struct Shared {
     /// The engine: the loop processes records with it, the HTTP side runs pull queries.
-    pub engine: Mutex<Engine>,
+    pub engine: Mutex<Engine<RocksStore>>,
     /// Set once partitions are assigned and the producer is ready.
     pub ready: AtomicBool,
     /// Set to stop: the loop commits what it has and returns.
@@ -61,7 +65,8 @@ pub struct Shared {
 impl Shared {
     /// Build the engine from the config's SQL and properties.
     pub fn new(config: &ProcessorConfig) -> anyhow::Result<Arc<Shared>> {
-        let mut engine = Engine::default();
+        let path = std::path::Path::new(&config.state_dir).join(&config.application_id);
+        let mut engine = Engine::new(RocksStore::open(&path)?);
         // Outputs come back through Kafka, so every query reads only what it owns.
         engine.chain = false;
         for (k, v) in &config.properties {
@@ -82,6 +87,7 @@ impl Shared {
             metrics.processing_errors.clone(),
         );
         registry.register("commits", "Transactions or offset commits completed", metrics.commits.clone());
+        registry.register("restored", "Changelog records applied while restoring state", metrics.restored.clone());
         Ok(Arc::new(Shared {
             engine: Mutex::new(engine),
             ready: AtomicBool::new(false),
@@ -157,12 +163,25 @@ fn prepare_topics(
     if !counts.contains_key(&log) {
         wanted.push((log, 1));
     }
+    let changelog = changelog_topic(config);
+    let max_partitions = read.iter().filter_map(|t| counts.get(t).copied()).max().unwrap_or(1);
+    if let Some(n) = counts.get(&changelog)
+        && *n < max_partitions
+    {
+        bail!("the changelog topic '{changelog}' has {n} partitions, fewer than the sources' {max_partitions}");
+    }
+    if !counts.contains_key(&changelog) {
+        wanted.push((changelog.clone(), max_partitions));
+    }
     drop(engine);
     if !wanted.is_empty() {
         let admin: AdminClient<DefaultClientContext> = client_config(config)?.create()?;
         let topics: Vec<NewTopic<'_>> = wanted
             .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(replication)))
+            .map(|(name, partitions)| {
+                let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(replication));
+                if *name == changelog { topic.set("cleanup.policy", "compact") } else { topic }
+            })
             .collect();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         for result in rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))? {
@@ -189,6 +208,74 @@ fn prepare_topics(
     Ok(counts)
 }
 
+/// `<applicationId>-changelog`: every store's changes, partitioned like the inputs.
+pub fn changelog_topic(config: &ProcessorConfig) -> String {
+    format!("{}-changelog", config.application_id)
+}
+
+/// Rebuild the owned partitions' state from the changelog: from the checkpoint of a clean stop,
+/// else (a crash, or no state) from the beginning into an emptied database.
+fn restore(config: &ProcessorConfig, shared: &Shared, partitions: &[i32]) -> anyhow::Result<()> {
+    let topic = changelog_topic(config);
+    let mut engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
+    let checkpoint = engine.store.take_checkpoint()?;
+    if checkpoint.is_none() {
+        engine.store.wipe()?;
+    }
+    let consumer: BaseConsumer = client_config(config)?
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("group.id", format!("{}-restore", config.application_id))
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(&topic, *p, TIMEOUT)?;
+        let from = checkpoint.as_ref().and_then(|c| c.get(p).copied());
+        if from.unwrap_or(low) >= high {
+            continue;
+        }
+        ends.insert(*p, high);
+        tpl.add_partition_offset(&topic, *p, from.map_or(Offset::Beginning, Offset::Offset))?;
+    }
+    let started = Instant::now();
+    let mut restored = 0u64;
+    if !ends.is_empty() {
+        info!(partitions = ends.len(), from_checkpoint = checkpoint.is_some(), "restoring state from {topic}");
+        consumer.assign(&tpl)?;
+        loop {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let key = m.key().unwrap_or_default();
+                    engine.store.restore(m.partition(), key, m.payload())?;
+                    restored += 1;
+                    shared.metrics.restored.inc();
+                }
+                Some(Err(e)) => warn!(error = %e, "restore consumer error"),
+                None => {}
+            }
+            let positions = consumer.position()?;
+            let done = ends.iter().all(|(p, end)| {
+                positions
+                    .find_partition(&topic, *p)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o >= *end),
+                        _ => None,
+                    })
+                    .unwrap_or(false)
+            });
+            if done {
+                break;
+            }
+            if shared.stop.load(Ordering::SeqCst) {
+                bail!("stopped while restoring");
+            }
+        }
+    }
+    info!(records = restored, elapsed_ms = started.elapsed().as_millis() as u64, "state restored");
+    Ok(())
+}
+
 /// Run the replica until `shared.stop` is set.
 pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyhow::Result<()> {
     if config.replicas < 1 || ordinal < 0 || ordinal >= config.replicas {
@@ -197,8 +284,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
     {
         let engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
         if config.replicas > 1
-            && let Some(q) =
-                engine.queries.iter().find(|q| !q.internal_topics.iter().all(|t| t.ends_with("-changelog")))
+            && let Some(q) = engine.queries.iter().find(|q| q.needs_repartition())
         {
             bail!(
                 "query {} needs a repartition topic, which this processor supports with replicas: 1 only so far; \
@@ -239,7 +325,15 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
     }
     let producer: BaseProducer = producer_config.create().context("creating the producer")?;
     if config.exactly_once {
+        // Fences a previous incarnation and aborts its open transaction, so the changelog's
+        // committed records are final before they are restored.
         producer.init_transactions(TIMEOUT).context("initialising transactions")?;
+    }
+    let changelog = changelog_topic(config);
+    let changelog_partitions: Vec<i32> =
+        (0..counts.get(&changelog).copied().unwrap_or(0)).filter(|p| p % config.replicas == ordinal).collect();
+    restore(config, &shared, &changelog_partitions)?;
+    if config.exactly_once {
         producer.begin_transaction()?;
     }
     shared.ready.store(true, Ordering::SeqCst);
@@ -315,12 +409,24 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                 empty_since.insert(tp.clone(), now);
             }
             shared.metrics.records_in.inc();
-            let (outputs, errors) = {
+            let (outputs, errors, changes) = {
                 let mut engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
                 let out = engine.process(rec.clone());
                 let errors = std::mem::take(&mut engine.errors);
-                (out, errors)
+                (out, errors, engine.store.take_changes())
             };
+            for (partition, key, value) in changes {
+                let change = Record {
+                    topic: changelog.clone(),
+                    key: Some(key),
+                    value,
+                    timestamp: rec.timestamp,
+                    partition,
+                    offset: 0,
+                    headers: Vec::new(),
+                };
+                send_to(&producer, &change, Some(partition))?;
+            }
             for out in outputs {
                 send(&producer, &out)?;
                 shared.metrics.records_out.inc();
@@ -349,22 +455,42 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         }
         producer.poll(Duration::ZERO);
         if pending > 0 && (last_commit.elapsed() >= commit_every || stopping || pending > 50_000) {
-            commit(config, &producer, &consumer, &positions)?;
+            let committed = commit(config, &producer, &consumer, &positions);
+            let mut engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
+            if let Err(e) = committed {
+                // The transaction's state changes never reached the changelog: drop them too.
+                engine.store.rollback();
+                return Err(e);
+            }
+            engine.store.commit()?;
+            drop(engine);
             shared.metrics.commits.inc();
             pending = 0;
             last_commit = Instant::now();
         }
         if stopping {
-            info!("stopping: committed what was processed");
             if config.exactly_once {
                 producer.abort_transaction(TIMEOUT).ok();
             }
+            // A clean stop: record how far the changelog goes, so the next start restores only
+            // what follows.
+            let mut checkpoint = BTreeMap::new();
+            for p in &changelog_partitions {
+                let (_, high) = consumer.fetch_watermarks(&changelog, *p, TIMEOUT)?;
+                checkpoint.insert(*p, high);
+            }
+            shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?.store.write_checkpoint(&checkpoint)?;
+            info!("stopped: committed what was processed and checkpointed the state");
             return Ok(());
         }
     }
 }
 
 fn send(producer: &BaseProducer, rec: &Record) -> anyhow::Result<()> {
+    send_to(producer, rec, None)
+}
+
+fn send_to(producer: &BaseProducer, rec: &Record, partition: Option<i32>) -> anyhow::Result<()> {
     let mut headers = OwnedHeaders::new();
     for (k, v) in &rec.headers {
         headers = headers.insert(Header { key: k, value: v.as_deref() });
@@ -375,6 +501,9 @@ fn send(producer: &BaseProducer, rec: &Record) -> anyhow::Result<()> {
     }
     if let Some(v) = &rec.value {
         record = record.payload(v.as_slice());
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
     }
     let mut record = record;
     loop {

@@ -3,97 +3,24 @@
 //! queries over HTTP; a malformed record lands in the processing log while the query goes on; a
 //! SIGTERM stops the replica cleanly.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
-    process::{Child, Command},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use common::{Processor, free_port, http, read_committed};
 use rdkafka::{
-    ClientConfig, Message, TopicPartitionList,
+    ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer},
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::{Value, json};
 
 const PARTITIONS: i32 = 3;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A plain HTTP/1.1 request; returns the status and the body.
-fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
-}
-
-struct Processor(Child);
-
-impl Drop for Processor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn read_committed(bootstrap: &str, topic: &str, want: usize, deadline: Duration) -> Vec<(Option<String>, Value, i64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", sluice_tests::unique("reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let end = Instant::now() + deadline;
-    // The topic is created by the processor: wait for it.
-    let partitions = loop {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
-        let n = md.topics().first().map_or(0, |t| t.partitions().len());
-        if n > 0 {
-            break n as i32;
-        }
-        assert!(Instant::now() < end, "topic {topic} never appeared");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    while out.len() < want && Instant::now() < end {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-            let value = m.payload().map_or(Value::Null, |v| serde_json::from_slice(v).unwrap_or(Value::Null));
-            out.push((key, value, m.timestamp().to_millis().unwrap_or(0)));
-        }
-    }
-    // Nothing beyond what is expected shows up either.
-    let settle = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < settle {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-            out.push((key, m.payload().map_or(Value::Null, |v| serde_json::from_slice(v).unwrap_or(Value::Null)), 0));
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seed_pipeline_runs_exactly_once_against_kafka() -> anyhow::Result<()> {
