@@ -354,6 +354,21 @@ impl<S: StateStore> Engine<S> {
         }
     }
 
+    /// For a pull query whose `WHERE` pins a table's single key column to a literal: the table's
+    /// topic and the key as serialized in it (what Kafka partitions by), so that the query can go
+    /// to the replica owning that partition. `None` for scans.
+    pub fn pull_key(&self, q: &ast::Query) -> Option<(String, Vec<u8>)> {
+        let Relation::Source { name, .. } = &q.from else { return None };
+        let source = self.catalog.get(&name.name)?;
+        let [key] = source.schema.key.as_slice() else { return None };
+        let literal = pinned(q.filter.as_ref()?, &key.name)?;
+        let (value, _) = expr::literal(&literal, Pos::default()).ok()?;
+        let value = crate::value::cast(&value, &key.ty).ok()?;
+        let serde =
+            crate::format::Serde::new(&source.key_format, vec![(key.name.clone(), key.ty.clone())], true).ok()?;
+        Some((source.topic.clone(), serde.encode(Some(&[value])).ok()??))
+    }
+
     /// A pull query against a table's materialized rows.
     pub fn pull(&self, q: &ast::Query) -> Result<Outcome, SqlError> {
         let Relation::Source { name, alias } = &q.from else {
@@ -466,6 +481,25 @@ impl<S: StateStore> Engine<S> {
             }
         }
         Ok(Outcome::Rows { schema, rows })
+    }
+}
+
+/// The literal a condition (or one side of an `AND`) sets `column` equal to.
+fn pinned(e: &ast::Expr, column: &str) -> Option<ast::Literal> {
+    match &e.kind {
+        ExprKind::Binary { op: ast::BinaryOp::And, left, right } => {
+            pinned(left, column).or_else(|| pinned(right, column))
+        }
+        ExprKind::Binary { op: ast::BinaryOp::Eq, left, right } => match (&left.kind, &right.kind) {
+            (ExprKind::Column { name, .. }, ExprKind::Literal(l))
+            | (ExprKind::Literal(l), ExprKind::Column { name, .. })
+                if name.name == column =>
+            {
+                Some(l.clone())
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, atomic::Ordering};
 use axum::{
     Json, Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -152,8 +152,18 @@ async fn ksql(State(s): State<Arc<Shared>>, Json(body): Json<Json_>) -> Response
     Json(json!([entity])).into_response()
 }
 
-/// `/query`: pull queries on materialized tables, as ksqlDB's `/query` answers them.
-async fn query(State(s): State<Arc<Shared>>, Json(body): Json<Json_>) -> Response {
+const FORWARDED: &str = "x-sluice-forwarded";
+
+/// Where a pull query goes: this replica, the owner of its key's partition, or every replica.
+enum Route {
+    Local,
+    Owner(usize),
+    Everyone,
+}
+
+/// `/query`: pull queries on materialized tables, as ksqlDB's `/query` answers them. A key lookup
+/// goes to the replica owning the key's partition; a scan gathers every replica's rows.
+async fn query(State(s): State<Arc<Shared>>, headers: HeaderMap, Json(body): Json<Json_>) -> Response {
     let (statement, _) = match statement_of(&body) {
         Ok(x) => x,
         Err(r) => return *r,
@@ -162,14 +172,83 @@ async fn query(State(s): State<Arc<Shared>>, Json(body): Json<Json_>) -> Respons
     if q.emit.is_some() {
         return error(StatusCode::BAD_REQUEST, "push queries (EMIT CHANGES) are not served yet; run a pull query");
     }
-    let Ok(engine) = s.engine.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable") };
-    match engine.pull(q) {
+    let forwarded = headers.contains_key(FORWARDED);
+    let (route, local) = {
+        let Ok(engine) = s.engine.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable") };
+        let route = if forwarded || s.replicas <= 1 {
+            Route::Local
+        } else {
+            match engine.pull_key(q) {
+                Some((topic, key)) => {
+                    let partitions = s.partitions.lock().ok().and_then(|p| p.get(&topic).copied()).unwrap_or(1);
+                    let owner = sluice_engine::format::kafka_partition(&key, partitions) % s.replicas;
+                    if owner == s.ordinal { Route::Local } else { Route::Owner(owner as usize) }
+                }
+                None => Route::Everyone,
+            }
+        };
+        (route, engine.pull(q))
+    };
+    let (schema, mut rows) = match local {
         Ok(Outcome::Rows { schema, rows }) => {
-            let mut out = vec![json!({"header": {"queryId": "pull", "schema": schema}})];
-            out.extend(rows.iter().map(|r| json!({"row": {"columns": r.iter().map(json_value).collect::<Vec<_>>()}})));
-            Json(Json_::Array(out)).into_response()
+            (schema, rows.iter().map(|r| Json_::Array(r.iter().map(json_value).collect())).collect::<Vec<_>>())
         }
-        Ok(_) => error(StatusCode::BAD_REQUEST, "not a pull query"),
-        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "not a pull query"),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match route {
+        Route::Local => {}
+        Route::Owner(owner) => {
+            let Some(peer) = s.peers.get(owner) else {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no peer address for replica {owner}: set peers"),
+                );
+            };
+            return match forward(peer, &body).await {
+                Ok(answer) => Json(answer).into_response(),
+                Err(e) => error(StatusCode::BAD_GATEWAY, format!("forwarding to replica {owner} ({peer}): {e}")),
+            };
+        }
+        Route::Everyone => {
+            for (i, peer) in s.peers.iter().enumerate() {
+                if i as i32 == s.ordinal || i as i32 >= s.replicas {
+                    continue;
+                }
+                match forward(peer, &body).await {
+                    Ok(Json_::Array(parts)) => {
+                        rows.extend(parts.iter().filter_map(|p| p.get("row").map(|r| r["columns"].clone())));
+                    }
+                    Ok(other) => return error(StatusCode::BAD_GATEWAY, format!("replica {i} answered {other}")),
+                    Err(e) => return error(StatusCode::BAD_GATEWAY, format!("scanning replica {i} ({peer}): {e}")),
+                }
+            }
+        }
     }
+    let mut out = vec![json!({"header": {"queryId": "pull", "schema": schema}})];
+    out.extend(rows.into_iter().map(|r| json!({"row": {"columns": r}})));
+    Json(Json_::Array(out)).into_response()
+}
+
+/// Send a `/query` body to a peer and return its JSON answer.
+async fn forward(peer: &str, body: &Json_) -> Result<Json_, String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<axum::body::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let request = axum::http::Request::post(format!("http://{peer}/query"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(FORWARDED, "1")
+        .body(http_body_util::Full::from(body.to_string()))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let answer: Json_ = serde_json::from_slice(&bytes).map_err(|e| format!("{status}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{status}: {answer}"));
+    }
+    Ok(answer)
 }

@@ -62,7 +62,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config: sluice_crds::config::ProcessorConfig =
         sluice_crds::config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let ordinal = config.resolve_ordinal(std::env::var("POD_NAME").ok().as_deref())?;
-    let shared = runtime::Shared::new(&config)?;
+    let shared = runtime::Shared::new(&config, ordinal)?;
     let rt = tokio::runtime::Runtime::new()?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&config.listen))

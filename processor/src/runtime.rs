@@ -60,11 +60,19 @@ pub struct Shared {
     pub registry: Registry,
     /// `applicationId`.
     pub application_id: String,
+    /// Replicas of the StatefulSet.
+    pub replicas: i32,
+    /// This replica's ordinal.
+    pub ordinal: i32,
+    /// Peer HTTP addresses by ordinal.
+    pub peers: Vec<String>,
+    /// Partition counts of the topics, once known.
+    pub partitions: Mutex<BTreeMap<String, i32>>,
 }
 
 impl Shared {
     /// Build the engine from the config's SQL and properties.
-    pub fn new(config: &ProcessorConfig) -> anyhow::Result<Arc<Shared>> {
+    pub fn new(config: &ProcessorConfig, ordinal: i32) -> anyhow::Result<Arc<Shared>> {
         let path = std::path::Path::new(&config.state_dir).join(&config.application_id);
         let mut engine = Engine::new(RocksStore::open(&path)?);
         // Outputs come back through Kafka, so every query reads only what it owns.
@@ -95,6 +103,10 @@ impl Shared {
             metrics,
             registry,
             application_id: config.application_id.clone(),
+            replicas: config.replicas,
+            ordinal,
+            peers: config.peers.clone(),
+            partitions: Mutex::new(BTreeMap::new()),
         }))
     }
 }
@@ -303,6 +315,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         .create()
         .context("creating the consumer")?;
     let counts = prepare_topics(config, &shared, &consumer)?;
+    *shared.partitions.lock().map_err(|_| anyhow!("lock poisoned"))? = counts.clone();
     let (read, _) = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?.topics();
     let mut assignment = TopicPartitionList::new();
     let mut owned: Vec<(String, i32)> = Vec::new();
