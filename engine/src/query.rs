@@ -1526,21 +1526,7 @@ impl Agg {
         let gkey = encode_row(&group);
         match self.window {
             None => {
-                let (ts, mut states) = match store
-                    .get(&agg_store, &gkey)
-                    .and_then(|b| decode_row(&b))
-                    .filter(|r| r.len() == 1 + self.aggs.len())
-                {
-                    Some(mut s) => (s[0].as_i64().unwrap_or(0), s.split_off(1)),
-                    None => (input.ts, self.aggs.iter().map(|(a, _)| a.init()).collect()),
-                };
-                let ts = ts.max(input.ts);
-                for (i, (a, _)) in self.aggs.iter().enumerate() {
-                    states[i] = a.add(std::mem::replace(&mut states[i], Value::Null), &args[i]);
-                }
-                let mut rowv = vec![Value::Bigint(ts)];
-                rowv.extend(states.iter().cloned());
-                store.put(&agg_store, gkey, encode_row(&rowv));
+                let (ts, states) = self.fold(store, &agg_store, gkey, &args, input.ts);
                 self.output(id, store, &group, &states, None, ts, emit)?;
             }
             Some(WindowSpec::Session { gap, grace }) => {
@@ -1599,21 +1585,7 @@ impl Agg {
                     }
                     let mut k = gkey.clone();
                     k.extend_from_slice(&w.start.to_be_bytes());
-                    let (ts, mut states) = match store
-                        .get(&agg_store, &k)
-                        .and_then(|b| decode_row(&b))
-                        .filter(|r| r.len() == 1 + self.aggs.len())
-                    {
-                        Some(mut s) => (s[0].as_i64().unwrap_or(0), s.split_off(1)),
-                        None => (input.ts, self.aggs.iter().map(|(a, _)| a.init()).collect()),
-                    };
-                    let ts = ts.max(input.ts);
-                    for (i, (a, _)) in self.aggs.iter().enumerate() {
-                        states[i] = a.add(std::mem::replace(&mut states[i], Value::Null), &args[i]);
-                    }
-                    let mut rowv = vec![Value::Bigint(ts)];
-                    rowv.extend(states.iter().cloned());
-                    store.put(&agg_store, k, encode_row(&rowv));
+                    let (ts, states) = self.fold(store, &agg_store, k, &args, input.ts);
                     if !self.emit_final {
                         self.output(id, store, &group, &states, Some(w), ts, emit)?;
                     }
@@ -1624,6 +1596,31 @@ impl Agg {
             self.flush_final(id, stream_time, store, emit)?;
         }
         Ok(late)
+    }
+
+    /// Fold one record's arguments into the state under `key` (a group, or a group and window
+    /// start): returns the state's timestamp (the largest input timestamp) and the states.
+    fn fold(
+        &self,
+        store: &mut dyn StateStore,
+        agg_store: &str,
+        key: Vec<u8>,
+        args: &[Value],
+        ts: i64,
+    ) -> (i64, Vec<Value>) {
+        let (old_ts, mut states) =
+            match store.get(agg_store, &key).and_then(|b| decode_row(&b)).filter(|r| r.len() == 1 + self.aggs.len()) {
+                Some(mut s) => (s[0].as_i64().unwrap_or(0), s.split_off(1)),
+                None => (ts, self.aggs.iter().map(|(a, _)| a.init()).collect()),
+            };
+        let ts = old_ts.max(ts);
+        for (i, (a, _)) in self.aggs.iter().enumerate() {
+            states[i] = a.add(std::mem::replace(&mut states[i], Value::Null), &args[i]);
+        }
+        let mut row = vec![Value::Bigint(ts)];
+        row.extend(states.iter().cloned());
+        store.put(agg_store, key, encode_row(&row));
+        (ts, states)
     }
 
     /// `EMIT FINAL`: emit each window once stream time passes its end plus grace.

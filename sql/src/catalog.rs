@@ -391,32 +391,10 @@ impl Catalog {
     }
 
     fn formats(&self, props: &Properties, pos: Pos) -> Result<(FormatSpec, FormatSpec), SqlError> {
-        let format_of = |name: &str| -> Result<Option<(Format, Pos)>, SqlError> {
-            match props.get(name) {
-                None => Ok(None),
-                Some(p) => {
-                    let text = property_string(p)?;
-                    Format::parse(&text)
-                        .map(|f| Some((f, p.pos)))
-                        .ok_or_else(|| SqlError::new(p.pos, format!("Unknown format: {}", text.to_ascii_uppercase())))
-                }
-            }
-        };
-        let both = format_of("FORMAT")?;
-        let key = format_of("KEY_FORMAT")?;
-        let value = format_of("VALUE_FORMAT")?;
-        if let Some((_, at)) = both
-            && (key.is_some() || value.is_some())
-        {
-            return Err(SqlError::new(
-                at,
-                "Cannot supply both 'KEY_FORMAT' and 'FORMAT' properties, as 'FORMAT' sets both key and value formats. \
-                 Either use just 'FORMAT', or use 'KEY_FORMAT' and 'VALUE_FORMAT'.",
-            ));
-        }
-        let key = both.or(key).map(|(f, _)| f).unwrap_or(self.defaults.key_format);
-        let value = match both.or(value) {
-            Some((f, _)) => f,
+        let (key, value) = explicit_formats(props)?;
+        let key = key.unwrap_or(self.defaults.key_format);
+        let value = match value {
+            Some(f) => f,
             None => self.defaults.value_format.ok_or_else(|| {
                 SqlError::new(
                     pos,
@@ -427,24 +405,59 @@ impl Catalog {
         };
         let mut key = FormatSpec::plain(key);
         let mut value = FormatSpec::plain(value);
-        for (spec, property) in [(&mut key, "KEY_DELIMITER"), (&mut value, "VALUE_DELIMITER")] {
-            if let Some(p) = props.get(property) {
-                if spec.format != Format::Delimited {
-                    return Err(SqlError::new(p.pos, format!("{property} can only be used with DELIMITED format")));
-                }
-                spec.delimiter = Some(delimiter(p)?);
-            }
-        }
-        if let Some(p) = props.get("WRAP_SINGLE_VALUE") {
-            value.wrap_single_value = Some(match &p.value {
-                Literal::Boolean(b) => *b,
-                Literal::String(s) if s.eq_ignore_ascii_case("true") => true,
-                Literal::String(s) if s.eq_ignore_ascii_case("false") => false,
-                _ => return Err(SqlError::new(p.pos, "WRAP_SINGLE_VALUE must be true or false")),
-            });
-        }
+        format_options(props, &mut key, &mut value)?;
         Ok((key, value))
     }
+}
+
+/// The formats `FORMAT`, `KEY_FORMAT` and `VALUE_FORMAT` name (`FORMAT` sets both, and excludes
+/// the other two).
+fn explicit_formats(props: &Properties) -> Result<(Option<Format>, Option<Format>), SqlError> {
+    let format_of = |name: &str| -> Result<Option<(Format, Pos)>, SqlError> {
+        match props.get(name) {
+            None => Ok(None),
+            Some(p) => {
+                let text = property_string(p)?;
+                Format::parse(&text)
+                    .map(|f| Some((f, p.pos)))
+                    .ok_or_else(|| SqlError::new(p.pos, format!("Unknown format: {}", text.to_ascii_uppercase())))
+            }
+        }
+    };
+    let both = format_of("FORMAT")?;
+    let key = format_of("KEY_FORMAT")?;
+    let value = format_of("VALUE_FORMAT")?;
+    if let Some((_, at)) = both
+        && (key.is_some() || value.is_some())
+    {
+        return Err(SqlError::new(
+            at,
+            "Cannot supply both 'KEY_FORMAT' and 'FORMAT' properties, as 'FORMAT' sets both key and value formats. \
+             Either use just 'FORMAT', or use 'KEY_FORMAT' and 'VALUE_FORMAT'.",
+        ));
+    }
+    Ok((both.or(key).map(|(f, _)| f), both.or(value).map(|(f, _)| f)))
+}
+
+/// Apply `KEY_DELIMITER`, `VALUE_DELIMITER` and `WRAP_SINGLE_VALUE` to the formats.
+fn format_options(props: &Properties, key: &mut FormatSpec, value: &mut FormatSpec) -> Result<(), SqlError> {
+    for (spec, property) in [(&mut *key, "KEY_DELIMITER"), (&mut *value, "VALUE_DELIMITER")] {
+        if let Some(p) = props.get(property) {
+            if spec.format != Format::Delimited {
+                return Err(SqlError::new(p.pos, format!("{property} can only be used with DELIMITED format")));
+            }
+            spec.delimiter = Some(delimiter(p)?);
+        }
+    }
+    if let Some(p) = props.get("WRAP_SINGLE_VALUE") {
+        value.wrap_single_value = Some(match &p.value {
+            Literal::Boolean(b) => *b,
+            Literal::String(s) if s.eq_ignore_ascii_case("true") => true,
+            Literal::String(s) if s.eq_ignore_ascii_case("false") => false,
+            _ => return Err(SqlError::new(p.pos, "WRAP_SINGLE_VALUE must be true or false")),
+        });
+    }
+    Ok(())
 }
 
 fn kind_word(kind: SourceKind) -> &'static str {
@@ -868,53 +881,16 @@ pub fn sink_properties(props: &Properties, key: &FormatSpec, value: &FormatSpec)
             return Err(SqlError::new(p.pos, format!("Invalid config variable(s) in the WITH clause: {}", p.name)));
         }
     }
-    let format_of = |name: &str| -> Result<Option<(Format, Pos)>, SqlError> {
-        match props.get(name) {
-            None => Ok(None),
-            Some(p) => {
-                let text = property_string(p)?;
-                Format::parse(&text)
-                    .map(|f| Some((f, p.pos)))
-                    .ok_or_else(|| SqlError::new(p.pos, format!("Unknown format: {}", text.to_ascii_uppercase())))
-            }
-        }
-    };
-    let both = format_of("FORMAT")?;
-    let k = format_of("KEY_FORMAT")?;
-    let v = format_of("VALUE_FORMAT")?;
-    if let Some((_, at)) = both
-        && (k.is_some() || v.is_some())
-    {
-        return Err(SqlError::new(
-            at,
-            "Cannot supply both 'KEY_FORMAT' and 'FORMAT' properties, as 'FORMAT' sets both key and value formats. \
-             Either use just 'FORMAT', or use 'KEY_FORMAT' and 'VALUE_FORMAT'.",
-        ));
-    }
-    let mut key_format = match both.or(k) {
-        Some((f, _)) => FormatSpec::plain(f),
+    let (k, v) = explicit_formats(props)?;
+    let mut key_format = match k {
+        Some(f) => FormatSpec::plain(f),
         None => FormatSpec { wrap_single_value: None, ..key.clone() },
     };
-    let mut value_format = match both.or(v) {
-        Some((f, _)) => FormatSpec::plain(f),
+    let mut value_format = match v {
+        Some(f) => FormatSpec::plain(f),
         None => FormatSpec { wrap_single_value: None, ..value.clone() },
     };
-    for (spec, property) in [(&mut key_format, "KEY_DELIMITER"), (&mut value_format, "VALUE_DELIMITER")] {
-        if let Some(p) = props.get(property) {
-            if spec.format != Format::Delimited {
-                return Err(SqlError::new(p.pos, format!("{property} can only be used with DELIMITED format")));
-            }
-            spec.delimiter = Some(delimiter(p)?);
-        }
-    }
-    if let Some(p) = props.get("WRAP_SINGLE_VALUE") {
-        value_format.wrap_single_value = Some(match &p.value {
-            Literal::Boolean(b) => *b,
-            Literal::String(s) if s.eq_ignore_ascii_case("true") => true,
-            Literal::String(s) if s.eq_ignore_ascii_case("false") => false,
-            _ => return Err(SqlError::new(p.pos, "WRAP_SINGLE_VALUE must be true or false")),
-        });
-    }
+    format_options(props, &mut key_format, &mut value_format)?;
     let partitions = props.get("PARTITIONS").map(positive_int).transpose()?;
     let replicas = match props.get("REPLICAS") {
         Some(p) => Some(i16::try_from(positive_int(p)?).map_err(|_| SqlError::new(p.pos, "REPLICAS is too large"))?),
