@@ -85,6 +85,26 @@ impl Default for Engine<MemoryStore> {
 
 const VIEW_PREFIX: &str = "view-";
 
+/// Topic names of push queries' outputs start with this; they are never produced.
+pub const PUSH_PREFIX: &str = "__sluice_push_";
+
+/// A running push query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushQuery {
+    /// Its id.
+    pub id: String,
+    /// The topic name its outputs carry.
+    pub topic: String,
+    /// The header schema.
+    pub schema: String,
+    /// Key column names (the key is JSON: a bare value for one column, an object for more).
+    pub key: Vec<String>,
+    /// Value column names (the value is a JSON object).
+    pub value: Vec<String>,
+    /// The window of a windowed result (its bounds follow the key columns in a row).
+    pub window: Option<sluice_sql::catalog::WindowType>,
+}
+
 impl<S: StateStore> Engine<S> {
     /// An empty engine.
     pub fn new(store: S) -> Self {
@@ -354,6 +374,63 @@ impl<S: StateStore> Engine<S> {
         }
     }
 
+    /// Start a push query (`SELECT ... EMIT CHANGES`): a transient query whose outputs (JSON key
+    /// and value) carry the returned topic name; the caller delivers them to the client instead of
+    /// producing them, and removes the query with [`Engine::remove_query`].
+    pub fn add_push(&mut self, q: &ast::Query) -> Result<PushQuery, SqlError> {
+        let id = format!("transient_{}", self.next_query);
+        let topic = format!("{PUSH_PREFIX}{id}");
+        let name = ast::Ident::new(id.to_ascii_uppercase());
+        let property = |name: &str, value: &str| ast::Property {
+            name: name.into(),
+            value: ast::Literal::String(value.into()),
+            pos: Pos::default(),
+        };
+        let properties = ast::Properties(vec![
+            property("KAFKA_TOPIC", &topic),
+            property("KEY_FORMAT", "JSON"),
+            property("VALUE_FORMAT", "JSON"),
+        ]);
+        // LIMIT ends the client's stream; the query itself runs unbounded.
+        let q = &ast::Query { limit: None, ..q.clone() };
+        let mut planned = None;
+        for kind in [SourceKind::Stream, SourceKind::Table] {
+            let target = Target {
+                name: &name,
+                kind: Some(kind),
+                properties: &properties,
+                sql: "",
+                id: id.clone(),
+                new_planner: true,
+                topic_prefix: String::new(),
+            };
+            match query::plan(&self.catalog, q, target) {
+                Ok(p) => {
+                    planned = Some(p);
+                    break;
+                }
+                Err(e) if e.message.starts_with("Invalid result type") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let planned = planned.ok_or_else(|| SqlError::new(q.pos, "The query produces neither a stream nor a table"))?;
+        self.next_query += 1;
+        let key: Vec<String> = planned.sink.schema.key.iter().map(|c| c.name.clone()).collect();
+        let value: Vec<String> = planned.sink.schema.value.iter().map(|c| c.name.clone()).collect();
+        let mut schema = query::source_schema_text(&planned.sink);
+        if planned.sink.window.is_some() {
+            schema = schema.replacen(" KEY,", " KEY, `WINDOWSTART` BIGINT KEY, `WINDOWEND` BIGINT KEY,", 1);
+        }
+        let window = planned.sink.window;
+        self.queries.push(planned.query);
+        Ok(PushQuery { id, topic, schema, key, value, window })
+    }
+
+    /// Stop a query (a push query whose client went away).
+    pub fn remove_query(&mut self, id: &str) {
+        self.queries.retain(|q| q.id != id);
+    }
+
     /// For a pull query whose `WHERE` pins a table's single key column to a literal: the table's
     /// topic and the key as serialized in it (what Kafka partitions by), so that the query can go
     /// to the replica owning that partition. `None` for scans.
@@ -507,5 +584,37 @@ fn kind_word(k: SourceKind) -> &'static str {
     match k {
         SourceKind::Stream => "stream",
         SourceKind::Table => "table",
+    }
+}
+
+impl PushQuery {
+    /// A push output record as a row of JSON values: key columns, window bounds, value columns.
+    /// `None` for a delete (a table row that went away) or bytes that are not this query's.
+    pub fn row(&self, rec: &Record) -> Option<Vec<serde_json::Value>> {
+        use serde_json::Value as Json;
+        let value: Json = serde_json::from_slice(rec.value.as_deref()?).ok()?;
+        let (key_bytes, window) = match (self.window, &rec.key) {
+            (Some(kind), Some(k)) => {
+                let (inner, w) = crate::format::split_window_key(k, kind).ok()?;
+                (Some(inner.to_vec()), Some(w))
+            }
+            (_, k) => (k.clone(), None),
+        };
+        let key: Json = match key_bytes {
+            Some(b) if !b.is_empty() => serde_json::from_slice(&b).ok()?,
+            _ => Json::Null,
+        };
+        let mut row = Vec::new();
+        match self.key.as_slice() {
+            [] => {}
+            [_] => row.push(key),
+            many => row.extend(many.iter().map(|k| key.get(k).cloned().unwrap_or(Json::Null))),
+        }
+        if let Some(w) = window {
+            row.push(Json::from(w.start));
+            row.push(Json::from(w.end));
+        }
+        row.extend(self.value.iter().map(|c| value.get(c).cloned().unwrap_or(Json::Null)));
+        Some(row)
     }
 }

@@ -14,6 +14,6 @@ pub mod source;
 pub mod store;
 pub mod value;
 
-pub use engine::{Engine, Outcome};
+pub use engine::{Engine, Outcome, PUSH_PREFIX, PushQuery};
 pub use source::Record;
 pub use value::Value;

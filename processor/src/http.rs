@@ -170,7 +170,7 @@ async fn query(State(s): State<Arc<Shared>>, headers: HeaderMap, Json(body): Jso
     };
     let Statement::Query(q) = &statement else { return error(StatusCode::BAD_REQUEST, "/query takes a SELECT") };
     if q.emit.is_some() {
-        return error(StatusCode::BAD_REQUEST, "push queries (EMIT CHANGES) are not served yet; run a pull query");
+        return push_query(s, q);
     }
     let forwarded = headers.contains_key(FORWARDED);
     let (route, local) = {
@@ -228,6 +228,70 @@ async fn query(State(s): State<Arc<Shared>>, headers: HeaderMap, Json(body): Jso
     let mut out = vec![json!({"header": {"queryId": "pull", "schema": schema}})];
     out.extend(rows.into_iter().map(|r| json!({"row": {"columns": r}})));
     Json(Json_::Array(out)).into_response()
+}
+
+/// A push query: the header, then each row as the replica's records produce it, streamed as
+/// ksqlDB's `/query` streams them (one JSON array, one element per line), until `LIMIT` rows or
+/// the client goes away. Each replica answers for the partitions it owns.
+fn push_query(s: Arc<Shared>, q: &sluice_sql::ast::Query) -> Response {
+    let push = {
+        let Ok(mut engine) = s.engine.lock() else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable");
+        };
+        match engine.add_push(q) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Json_>>(10_000);
+    let header = json!({"header": {"queryId": push.id, "schema": push.schema}});
+    if let Ok(mut subscribers) = s.push.lock() {
+        subscribers.insert(push.topic.clone(), (push.clone(), tx));
+    }
+    let push = push.clone();
+    let limit = q.limit;
+    let first = format!("[{header},\n");
+    struct State {
+        rx: tokio::sync::mpsc::Receiver<Vec<Json_>>,
+        sent: u64,
+        limit: Option<u64>,
+        done: bool,
+        first: Option<String>,
+        shared: Arc<Shared>,
+        push: sluice_engine::PushQuery,
+    }
+    let state = State { rx, sent: 0, limit, done: false, first: Some(first), shared: s.clone(), push };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        if let Some(first) = st.first.take() {
+            return Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(first)), st));
+        }
+        if st.done {
+            return None;
+        }
+        match st.rx.recv().await {
+            Some(row) => {
+                st.sent += 1;
+                let last = st.limit.is_some_and(|l| st.sent >= l);
+                let line = json!({"row": {"columns": row}});
+                let text = if last {
+                    st.done = true;
+                    // The client has what it asked for: stop the query now.
+                    if let Ok(mut subscribers) = st.shared.push.lock() {
+                        subscribers.remove(&st.push.topic);
+                    }
+                    if let Ok(mut engine) = st.shared.engine.lock() {
+                        engine.remove_query(&st.push.id);
+                    }
+                    format!("{line}\n]\n")
+                } else {
+                    format!("{line},\n")
+                };
+                Some((Ok(axum::body::Bytes::from(text)), st))
+            }
+            None => None,
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(stream)).into_response()
 }
 
 /// Send a `/query` body to a peer and return its JSON answer.

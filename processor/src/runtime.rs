@@ -24,7 +24,7 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer},
 };
 use sluice_crds::config::ProcessorConfig;
-use sluice_engine::{Engine, Record};
+use sluice_engine::{Engine, PUSH_PREFIX, PushQuery, Record};
 use tracing::{info, warn};
 
 use crate::state::RocksStore;
@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Changelog records applied while restoring state.
     pub restored: Counter,
 }
+
+/// Where a push query's rows go.
+pub type PushSender = tokio::sync::mpsc::Sender<Vec<serde_json::Value>>;
 
 /// What the HTTP side shares with the processing loop.
 pub struct Shared {
@@ -68,6 +71,8 @@ pub struct Shared {
     pub peers: Vec<String>,
     /// Partition counts of the topics, once known.
     pub partitions: Mutex<BTreeMap<String, i32>>,
+    /// Push queries' clients, by the topic name their outputs carry.
+    pub push: Mutex<HashMap<String, (PushQuery, PushSender)>>,
 }
 
 impl Shared {
@@ -107,6 +112,7 @@ impl Shared {
             ordinal,
             peers: config.peers.clone(),
             partitions: Mutex::new(BTreeMap::new()),
+            push: Mutex::new(HashMap::new()),
         }))
     }
 }
@@ -441,6 +447,10 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                 send_to(&producer, &change, Some(partition))?;
             }
             for out in outputs {
+                if out.topic.starts_with(PUSH_PREFIX) {
+                    deliver_push(&shared, &out)?;
+                    continue;
+                }
                 send(&producer, &out)?;
                 shared.metrics.records_out.inc();
                 pending += 1;
@@ -497,6 +507,26 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
             return Ok(());
         }
     }
+}
+
+/// Hand a push query's output to its client; a client that went away ends its query.
+fn deliver_push(shared: &Shared, out: &Record) -> anyhow::Result<()> {
+    let mut push = shared.push.lock().map_err(|_| anyhow!("lock poisoned"))?;
+    let Some((query, tx)) = push.get(&out.topic) else { return Ok(()) };
+    let Some(row) = query.row(out) else { return Ok(()) };
+    match tx.try_send(row) {
+        Ok(()) => {}
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            warn!(query = %query.id, "push query client is too slow: a row was dropped");
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+            let id = query.id.clone();
+            push.remove(&out.topic);
+            shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?.remove_query(&id);
+            info!(query = %id, "push query ended");
+        }
+    }
+    Ok(())
 }
 
 fn send(producer: &BaseProducer, rec: &Record) -> anyhow::Result<()> {

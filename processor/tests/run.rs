@@ -139,6 +139,45 @@ async fn the_seed_pipeline_runs_exactly_once_against_kafka() -> anyhow::Result<(
     assert_eq!(got.len(), 60, "every trade exactly once");
     assert_eq!(by_user, expected_joined);
 
+    // A push query streams the rows new records produce, and ends after LIMIT rows.
+    let push = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let body =
+            json!({"ksql": "SELECT userid, quantity FROM STOCKTRADE WHERE symbol = 'PUSH' EMIT CHANGES LIMIT 2;"})
+                .to_string();
+        let request = format!(
+            "POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    });
+    // Produce once the push query runs (it lists among the queries).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http(port, "POST", "/ksql", Some(&json!({"ksql": "SHOW QUERIES;"})))
+        .is_some_and(|(_, body)| body.contains("transient_"))
+    {
+        assert!(Instant::now() < deadline, "the push query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One partition (the record key picks it), so the order is the offsets'.
+    for q in [7, 8, 9] {
+        let trade = json!({"quantity": q, "userid": "U2", "symbol": "PUSH"}).to_string();
+        send(trades.clone(), Some("push".into()), trade, 15_000 + q).await;
+    }
+    let text = tokio::task::spawn_blocking(move || push.join().unwrap()).await?;
+    assert!(text.contains("`USERID` STRING, `QUANTITY` INTEGER"), "{text}");
+    let rows: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"row\""))
+        .map(|l| serde_json::from_str::<Value>(l.trim_end_matches(',')).unwrap()["row"]["columns"].clone())
+        .collect();
+    assert_eq!(rows, vec![json!(["U2", 7]), json!(["U2", 8])], "{text}");
+
     // A malformed trade is logged and skipped; the next one is processed.
     send(trades.clone(), None, "this is not json".into(), 20_000).await;
     send(trades.clone(), None, json!({"quantity": 1000, "userid": "U1", "symbol": "S9"}).to_string(), 20_001).await;
