@@ -32,6 +32,16 @@ fn wait_for_totals(port: u16, truth: &BTreeMap<String, i64>) -> Vec<Value> {
     }
 }
 
+/// `sluice_processor_records_in_total` of a replica (0 when it does not answer).
+fn records_in(port: u16) -> u64 {
+    let Some((_, text)) = common::http(port, "GET", "/metrics", None) else { return 0 };
+    text.lines()
+        .find(|l| l.starts_with("sluice_processor_records_in_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Produce `n` settlements over the symbols, counting them into `truth`.
 async fn produce(
     producer: &FutureProducer,
@@ -92,9 +102,24 @@ async fn crashes_lose_and_duplicate_nothing_and_state_comes_back_from_the_change
     // Crash while records are arriving, three times.
     let mut p = Some(p);
     for _ in 0..3 {
-        produce(&producer, &input, &mut truth, &mut sent, 400).await;
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = records_in(port);
+        let batch = tokio::spawn({
+            let (producer, input) = (producer.clone(), input.clone());
+            let mut truth = truth.clone();
+            let mut sent_copy = sent;
+            async move {
+                produce(&producer, &input, &mut truth, &mut sent_copy, 400).await;
+                (truth, sent_copy)
+            }
+        });
+        // Kill once the replica has read part of the batch.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while records_in(port) < before + 50 {
+            assert!(std::time::Instant::now() < deadline, "the replica never read the batch");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         p.take().unwrap().kill();
+        (truth, sent) = batch.await?;
         p = Some(Processor::start(&config_path, port));
     }
     wait_for_totals(port, &truth);
