@@ -55,15 +55,24 @@ tests/infra/kafka.sh fetch
 phase "build kube-apiserver, etcd"
 tests/infra/kube.sh build
 
+phase "fetch Lambda runtime clients"
+lambda_env=$(tests/infra/lambda.sh fetch)
+eval "$lambda_env"
+
 phase "check formatting"
 cargo fmt --all --check
 
+# One set of targets for every step, so that features unify the same way each time and the C++
+# of RocksDB and librdkafka is compiled once: `--all-targets` would add the bench profile (built
+# like release: a second RocksDB build), and a separate `--bins` build a third.
+targets=(--workspace --locked --lib --bins --tests --examples)
+
 phase "build (binaries and tests)"
-cargo build --workspace --locked --bins
+cargo build "${targets[@]}"
 cargo test --workspace --locked --no-run "$@"
 
 phase "clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy "${targets[@]}" -- -D warnings
 
 phase "check CRD is up to date"
 "$CARGO_TARGET_DIR/debug/sluice-operator" crd | diff -u "crds/pipelines.sluice.dev.yaml" - \

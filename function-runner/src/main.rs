@@ -1,9 +1,29 @@
 //! `sluice-function-runner`: one replica of a function's runner.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rdkafka::producer::Producer;
+use sluice_function_runner::{
+    invoke::Invoker,
+    kafka,
+    runner::{self, Env, Metrics},
+    runtime_api::{self, RuntimeApi},
+    server::{self, Health},
+    settings::{Mode, Settings},
+    supervisor,
+};
 use sluice_telemetry::LogArgs;
+use tokio_util::sync::CancellationToken;
 
 /// The Sluice function runner: consumes a topic in batches and invokes a Lambda-compatible or
 /// HTTP function, producing what it returns.
@@ -31,9 +51,146 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
     match cli.command {
-        Command::Run { .. } => {
-            eprintln!("sluice-function-runner run: not implemented yet (function runner issue); nothing was done");
-            ExitCode::from(2)
-        }
+        Command::Run { config } => match run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("sluice-function-runner: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: sluice_crds::config::RunnerConfig =
+        sluice_crds::config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let settings =
+        Settings::resolve(&config, |name| std::env::var(name).ok()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(serve(Arc::new(settings)));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+/// This instance's name: the pod's (stable across container restarts, so a restarted runner's
+/// transactional id fences its predecessor at once), else host and process id.
+fn instance() -> String {
+    std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let stop_processes = CancellationToken::new();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let (metrics, registry) = Metrics::new(&settings.pipeline, &settings.function);
+
+    let (invoker, runtime) = match &settings.mode {
+        Mode::Lambda { .. } => {
+            let api = RuntimeApi::new(&settings.function, stop.clone());
+            let listener = tokio::net::TcpListener::bind(&settings.runtime_api_listen)
+                .await
+                .with_context(|| format!("runtimeApiListen: cannot listen on {}", settings.runtime_api_listen))?;
+            let app = runtime_api::router(api.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the Runtime API server stopped");
+                }
+            });
+            (Invoker::Lambda(api.clone()), Some(api))
+        }
+        Mode::Http { url, .. } => (Invoker::http(url)?, None),
+    };
+
+    let (timed_out, timed_out_rx) = tokio::sync::watch::channel(0u64);
+    let supervisor = match (&settings.mode, &runtime) {
+        (Mode::Lambda { concurrency, process: Some(process) }, Some(api)) => {
+            let handler = process.argv.last().cloned().unwrap_or_default();
+            let env = supervisor::lambda_env(
+                &settings.function,
+                &supervisor::reachable(&settings.runtime_api_listen),
+                settings.timeout,
+                process.memory_mb,
+                &handler,
+            );
+            Some(tokio::spawn(supervisor::supervise(
+                process.clone(),
+                env,
+                *concurrency,
+                api.clone(),
+                timed_out_rx,
+                stop_processes.clone(),
+            )))
+        }
+        _ => None,
+    };
+
+    let transactional_id = settings.exactly_once.then(|| format!("{}-{}", settings.group, instance()));
+    let producer = kafka::producer(&settings, transactional_id.as_deref())?;
+    if settings.exactly_once {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
+            .await?
+            .context("initialising Kafka transactions")?;
+    }
+    let (to_dispatcher, inbox) = tokio::sync::mpsc::unbounded_channel();
+    let s = settings.clone();
+    let consumer = tokio::task::spawn_blocking(move || kafka::start_consumer(&s, to_dispatcher)).await??;
+
+    let health = Arc::new(Health { registry, joined: consumer.joined.clone(), runtime, stopping: stopping.clone() });
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("listen: cannot listen on {}", settings.listen))?;
+    let app = server::router(health);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+
+    let signal_stop = stop.clone();
+    let signal_stopping = stopping.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stop requested");
+        signal_stopping.store(true, Ordering::SeqCst);
+        signal_stop.cancel();
+    });
+
+    tracing::info!(
+        function = %settings.function, topic = %settings.topic, group = %settings.group,
+        exactly_once = settings.exactly_once, key_ordering = settings.key_ordering, "function runner started"
+    );
+    let env = Env { settings: settings.clone(), invoker, producer, metrics, timed_out, stop: stop.clone(), failed: failed.clone() };
+    runner::run(env, consumer, inbox).await;
+    stopping.store(true, Ordering::SeqCst);
+    stop.cancel();
+    stop_processes.cancel();
+    if let Some(s) = supervisor {
+        let _ = s.await;
+    }
+    if failed.load(Ordering::SeqCst) {
+        anyhow::bail!("stopped after a fatal Kafka error (see the log above); nothing uncommitted was lost");
+    }
+    Ok(())
 }

@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -108,20 +107,8 @@ async fn the_seed_pipeline_runs_exactly_once_against_kafka() -> anyhow::Result<(
     });
     let config_path = dir.join("processor.yaml");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-    let mut processor = Processor(
-        Command::new(env!("CARGO_BIN_EXE_sluice-processor")).args(["run", "--config"]).arg(&config_path).spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = processor.0.try_wait()? {
-            anyhow::bail!("the processor exited: {status}");
-        }
-        if http(port, "GET", "/readyz", None).is_some_and(|(s, _)| s == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the processor was not ready within a minute");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Started in a blocking section: waiting for readiness polls with a blocking client.
+    let processor = tokio::task::spawn_blocking(move || Processor::start(&config_path, port)).await?;
 
     // The join: every trade exactly once, enriched with the user's region (or NULL).
     let got = tokio::task::spawn_blocking({
@@ -240,15 +227,7 @@ async fn the_seed_pipeline_runs_exactly_once_against_kafka() -> anyhow::Result<(
     assert!(body.contains("sluice_processor_processing_errors_total"), "{body}");
 
     // SIGTERM: the replica commits and exits 0.
-    Command::new("kill").args(["-TERM", &processor.0.id().to_string()]).status()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = processor.0.try_wait()? {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the processor did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = processor.terminate();
     assert!(status.success(), "{status}");
     std::fs::remove_dir_all(&dir).ok();
     Ok(())

@@ -1,0 +1,155 @@
+//! Local function processes (`runtime.lambda.command` without an image, as `sluice run` uses):
+//! started with the Lambda environment, restarted with backoff when they die, replaced when an
+//! invocation timed out (the runtime is stuck in the handler, as Lambda resets such a sandbox),
+//! and killed when the runner stops.
+
+use std::{process::Stdio, time::Duration};
+
+use tokio::{process::Command, sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{runtime_api::RuntimeApi, settings::Process};
+
+/// The environment a Lambda runtime expects, for function `name` reaching the Runtime API at
+/// `runtime_api` (`host:port`). The Rust `lambda_runtime` refuses to start without the function
+/// name, memory size and version; `awslambdaric` reads the handler from its argument.
+pub fn lambda_env(name: &str, runtime_api: &str, timeout: Duration, memory_mb: u64, handler: &str) -> Vec<(String, String)> {
+    let pairs = [
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_owned()),
+        ("AWS_LAMBDA_FUNCTION_NAME", name.to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb.to_string()),
+        ("AWS_LAMBDA_FUNCTION_TIMEOUT", timeout.as_secs().max(1).to_string()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", format!("sluice/{name}")),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
+        ("_HANDLER", handler.to_owned()),
+    ];
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// The address a local process reaches a listen address at (`0.0.0.0:9001` → `127.0.0.1:9001`).
+pub fn reachable(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
+        _ => listen.to_owned(),
+    }
+}
+
+/// Keep `copies` processes of `process` running until `stop`; every change of `restart` (an
+/// invocation timed out: a runtime is stuck) replaces them all at once, failing the invocations
+/// they held so that those are retried rather than time out in turn. When the only process
+/// exits, its invocation fails at once too; with several, the one that was lost runs into its
+/// timeout (nothing tells which runtime held it).
+pub async fn supervise(
+    process: Process,
+    env: Vec<(String, String)>,
+    copies: usize,
+    api: std::sync::Arc<RuntimeApi>,
+    mut restart: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let generation = CancellationToken::new();
+        for copy in 0..copies {
+            let (process, env, stop, generation) = (process.clone(), env.clone(), stop.clone(), generation.clone());
+            let api = (copies == 1).then(|| api.clone());
+            tasks.spawn(async move { keep_running(process, env, copy, api, stop, generation).await });
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            changed = restart.changed() => {
+                if changed.is_ok() {
+                    tracing::warn!("an invocation timed out: restarting the function's processes");
+                }
+            }
+        }
+        generation.cancel();
+        while tasks.join_next().await.is_some() {}
+        api.fail_in_flight("the function's processes were restarted after an invocation timed out");
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn keep_running(
+    process: Process,
+    env: Vec<(String, String)>,
+    copy: usize,
+    sole: Option<std::sync::Arc<RuntimeApi>>,
+    stop: CancellationToken,
+    generation: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        let mut command = Command::new(&process.argv[0]);
+        command
+            .args(&process.argv[1..])
+            .envs(env.iter().cloned())
+            .envs(process.env.iter().cloned())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(command = %process.argv[0], error = %e, "cannot start the function process");
+                if wait_or_stop(backoff, &stop, &generation).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        tracing::info!(copy, pid = child.id().unwrap_or(0), command = %process.argv.join(" "), "function process started");
+        tokio::select! {
+            status = child.wait() => {
+                match status {
+                    Ok(s) => tracing::warn!(copy, status = %s, "the function process exited; restarting it"),
+                    Err(e) => tracing::warn!(copy, error = %e, "lost the function process; restarting it"),
+                }
+                if let Some(api) = &sole {
+                    api.fail_in_flight("the function process exited");
+                }
+            }
+            _ = stop.cancelled() => { let _ = child.kill().await; return; }
+            _ = generation.cancelled() => { let _ = child.kill().await; return; }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        if wait_or_stop(backoff, &stop, &generation).await {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Sleep `wait`; `true` when told to stop meanwhile.
+async fn wait_or_stop(wait: Duration, stop: &CancellationToken, generation: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = stop.cancelled() => true,
+        _ = generation.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_real_runtimes_need() {
+        let env = lambda_env("settle", "127.0.0.1:9001", Duration::from_secs(30), 128, "settle.handler");
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), Some("127.0.0.1:9001"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), Some("settle"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), Some("128"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_VERSION"), Some("$LATEST"));
+        assert_eq!(get("_HANDLER"), Some("settle.handler"));
+        assert_eq!(reachable("0.0.0.0:9001"), "127.0.0.1:9001");
+        assert_eq!(reachable("127.0.0.1:9001"), "127.0.0.1:9001");
+    }
+}

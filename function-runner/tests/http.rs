@@ -1,0 +1,256 @@
+//! The runner in HTTP mode against the real broker: every record delivered with per-key order
+//! and offsets committed; a poison record bisected, retried and dead-lettered; timeouts and
+//! malformed responses retried; SIGKILLs under exactly-once with no duplicate; two runners in
+//! one group handing partitions over.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn http_function(name: &str, topic: &str, output: &str, port: u16, extra: Value) -> Value {
+    let mut f = json!({
+        "name": name,
+        "source": {"topic": topic, "startingPosition": "earliest"},
+        "batch": {"maxRecords": 10, "maxWait": "50ms"},
+        "runtime": {"http": {"url": format!("http://127.0.0.1:{port}/"), "timeout": "5s", "maxConcurrency": 4}},
+        "output": {"topic": output},
+    });
+    if let (Some(f), Some(extra)) = (f.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            f.insert(k.clone(), v.clone());
+        }
+    }
+    f
+}
+
+async fn wait_lag_zero(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<()> {
+    sluice_tests::wait_for("the group's committed offsets to reach the end", Duration::from_secs(60), || {
+        let (b, g, t) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
+        async move { Ok((tokio::task::spawn_blocking(move || group_lag(&b, &g, &t)).await?? == 0).then_some(())) }
+    })
+    .await
+}
+
+async fn read(bootstrap: &str, topic: &str, want: usize) -> anyhow::Result<Vec<Consumed>> {
+    let (b, t) = (bootstrap.to_owned(), topic.to_owned());
+    Ok(tokio::task::spawn_blocking(move || read_committed(&b, &t, want, Duration::from_secs(90))).await?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_record_is_delivered_in_key_order_and_committed() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("http");
+    let (input, output) = (format!("{run}-in"), format!("{run}-out"));
+    create_topics(&bootstrap, &[(&input, 4), (&output, 4)]).await?;
+    let invocations = Arc::new(AtomicUsize::new(0));
+    let seen = invocations.clone();
+    let port = serve_function(Arc::new(move |event: &Value| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(event["eventSource"], "SelfManagedKafka");
+        (200, echo(event).to_string())
+    }))
+    .await?;
+    let n = 400;
+    produce(&bootstrap, &input, &(0..n).map(|i| Input::numbered(i, 20)).collect::<Vec<_>>()).await?;
+    let (config, listen) = runner_config(&bootstrap, &run, http_function("echo", &input, &output, port, json!({})));
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+
+    let outputs = read(&bootstrap, &output, n).await?;
+    check_delivery(&outputs, n, true);
+    wait_lag_zero(&bootstrap, &format!("default.{run}.echo"), &input).await?;
+    assert!(invocations.load(Ordering::SeqCst) >= n / 10, "batches of at most 10 records");
+    assert_eq!(runner.metric("sluice_function_runner_records_in_total"), n as f64);
+    assert_eq!(runner.metric("sluice_function_runner_records_out_total"), n as f64);
+    let status = tokio::task::spawn_blocking(move || runner.service.terminate()).await?;
+    assert!(status.success(), "SIGTERM: {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_record_is_bisected_retried_and_dead_lettered() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("poison");
+    let (input, output, dlq) = (format!("{run}-in"), format!("{run}-out"), format!("{run}-dlq"));
+    create_topics(&bootstrap, &[(&input, 1), (&output, 1), (&dlq, 1)]).await?;
+    let invocations = Arc::new(Mutex::new(Vec::<Vec<i64>>::new()));
+    let log = invocations.clone();
+    let port = serve_function(Arc::new(move |event: &Value| {
+        let records = event_records(event);
+        log.lock().unwrap().push(records.iter().map(|r| r.offset).collect());
+        if records.iter().any(|r| r.value == b"poison") {
+            return (500, "cannot handle this".into());
+        }
+        (200, echo(event).to_string())
+    }))
+    .await?;
+    let mut inputs: Vec<Input> = (0..20).map(|i| Input::numbered(i, 3)).collect();
+    inputs[7].value = b"poison".to_vec();
+    inputs[7].headers = vec![("trace".into(), vec![1, 2, 200])];
+    produce(&bootstrap, &input, &inputs).await?;
+    let function = http_function(
+        "p",
+        &input,
+        &output,
+        port,
+        json!({"onFailure": {"maxRetries": 2, "backoff": {"initial": "10ms", "max": "50ms"}, "bisectBatch": true, "deadLetterTopic": dlq}}),
+    );
+    let (config, listen) = runner_config(&bootstrap, &run, function);
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+
+    let dead = read(&bootstrap, &dlq, 1).await?;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d.value.as_deref(), Some(&b"poison"[..]));
+    assert_eq!(d.key.as_deref(), Some(&b"k1"[..]));
+    let header = |name: &str| d.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    assert!(header("sluice.error").is_some_and(|e| e.contains("HTTP 500")), "{:?}", d.headers);
+    assert_eq!(header("sluice.attempts").as_deref(), Some("3"));
+    assert_eq!(header("sluice.source.topic").as_deref(), Some(input.as_str()));
+    assert_eq!(header("sluice.source.partition").as_deref(), Some("0"));
+    assert_eq!(header("sluice.source.offset").as_deref(), Some("7"));
+    assert_eq!(d.headers[0], ("trace".to_string(), vec![1, 2, 200]), "the original headers are kept");
+
+    let outputs = read(&bootstrap, &output, 19).await?;
+    let seqs: BTreeSet<i64> = echoed(&outputs).iter().map(|o| o.1).collect();
+    assert_eq!(seqs, (0..20).filter(|s| *s != 7).collect::<BTreeSet<i64>>());
+    wait_lag_zero(&bootstrap, &format!("default.{run}.p"), &input).await?;
+    // Bisection: the poison record ends up invoked alone, three times (first try and two retries).
+    let alone = invocations.lock().unwrap().iter().filter(|b| b.as_slice() == [7]).count();
+    assert_eq!(alone, 3, "{:?}", invocations.lock().unwrap());
+    assert_eq!(runner.metric("sluice_function_runner_dead_lettered_records_total"), 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_malformed_responses_and_errors_are_retried() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("flaky");
+    let (input, output) = (format!("{run}-in"), format!("{run}-out"));
+    create_topics(&bootstrap, &[(&input, 2), (&output, 2)]).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let port = serve_function(Arc::new(move |event: &Value| {
+        match counter.fetch_add(1, Ordering::SeqCst) {
+            0 => std::thread::sleep(Duration::from_secs(3)), // past the 1 s timeout
+            1 => return (200, "{\"records\": [{\"value\": 1}], \"batchItemFailures\": 7}".into()),
+            2 => return (200, "{not json".into()),
+            3 => return (503, "busy".into()),
+            _ => {}
+        }
+        (200, echo(event).to_string())
+    }))
+    .await?;
+    let n = 50;
+    produce(&bootstrap, &input, &(0..n).map(|i| Input::numbered(i, 5)).collect::<Vec<_>>()).await?;
+    let mut function = http_function(
+        "f",
+        &input,
+        &output,
+        port,
+        json!({"onFailure": {"maxRetries": 10, "backoff": {"initial": "10ms", "max": "100ms"}}}),
+    );
+    function["runtime"]["http"]["timeout"] = json!("1s");
+    function["runtime"]["http"]["maxConcurrency"] = json!(1);
+    let (config, listen) = runner_config(&bootstrap, &run, function);
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+    let outputs = read(&bootstrap, &output, n).await?;
+    // Nothing of a failed invocation was produced: each input exactly once.
+    check_delivery(&outputs, n, true);
+    wait_lag_zero(&bootstrap, &format!("default.{run}.f"), &input).await?;
+    let text = http(runner.port, "GET", "/metrics", None).map(|(_, t)| t).unwrap_or_default();
+    for outcome in ["timeout", "bad_response", "http_error", "ok"] {
+        assert!(text.contains(&format!("outcome=\"{outcome}\"")), "no {outcome} invocation counted:\n{text}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_exactly_once_loses_nothing_and_duplicates_nothing() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("eos");
+    let (input, output) = (format!("{run}-in"), format!("{run}-out"));
+    create_topics(&bootstrap, &[(&input, 2), (&output, 2)]).await?;
+    let port = serve_function(Arc::new(|event: &Value| {
+        std::thread::sleep(Duration::from_millis(20));
+        (200, echo(event).to_string())
+    }))
+    .await?;
+    let n = 600;
+    let function = http_function("f", &input, &output, port, json!({"delivery": "exactlyOnce"}));
+    let (config, listen) = runner_config(&bootstrap, &run, function);
+    let inputs: Vec<Input> = (0..n).map(|i| Input::numbered(i, 12)).collect();
+    // Records arrive while the runner is killed and restarted.
+    let producing = {
+        let (b, t) = (bootstrap.clone(), input.clone());
+        tokio::spawn(async move {
+            for chunk in inputs.chunks(50) {
+                produce(&b, &t, chunk).await?;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    for _ in 0..3 {
+        let c = config.clone();
+        let runner = tokio::task::spawn_blocking(move || Runner::start(&c, listen)).await?;
+        sluice_tests::wait_for("some outputs before the kill", Duration::from_secs(60), || {
+            let out = runner.metric("sluice_function_runner_records_out_total");
+            async move { Ok((out >= 40.0).then_some(())) }
+        })
+        .await?;
+        tokio::task::spawn_blocking(move || runner.service.kill()).await?;
+    }
+    producing.await??;
+    let c = config.clone();
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&c, listen)).await?;
+    let outputs = read(&bootstrap, &output, n).await?;
+    check_delivery(&outputs, n, true);
+    wait_lag_zero(&bootstrap, &format!("default.{run}.f"), &input).await?;
+    assert!(runner.metric("sluice_function_runner_transactions_total") >= 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runners_share_the_group_and_a_stopping_one_hands_over() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("pair");
+    let (input, output) = (format!("{run}-in"), format!("{run}-out"));
+    create_topics(&bootstrap, &[(&input, 4), (&output, 4)]).await?;
+    let port = serve_function(Arc::new(|event: &Value| {
+        std::thread::sleep(Duration::from_millis(10));
+        (200, echo(event).to_string())
+    }))
+    .await?;
+    let function = http_function("f", &input, &output, port, json!({}));
+    let (a_config, a_port) = runner_config(&bootstrap, &run, function.clone());
+    let (b_config, b_port) = runner_config(&bootstrap, &run, function);
+    let a = tokio::task::spawn_blocking(move || Runner::start(&a_config, a_port)).await?;
+    let b = tokio::task::spawn_blocking(move || Runner::start(&b_config, b_port)).await?;
+    let n = 800;
+    let inputs: Vec<Input> = (0..n).map(|i| Input::numbered(i, 16)).collect();
+    produce(&bootstrap, &input, &inputs[..400]).await?;
+    sluice_tests::wait_for("both runners to process records", Duration::from_secs(60), || {
+        let (x, y) = (a.metric("sluice_function_runner_records_in_total"), b.metric("sluice_function_runner_records_in_total"));
+        async move { Ok((x > 0.0 && y > 0.0).then_some(())) }
+    })
+    .await?;
+    // Stop one mid-stream: it finishes, commits and leaves; the other takes its partitions.
+    let status = tokio::task::spawn_blocking(move || a.service.terminate()).await?;
+    assert!(status.success(), "{status}");
+    produce(&bootstrap, &input, &inputs[400..]).await?;
+    let outputs = read(&bootstrap, &output, n).await?;
+    check_delivery(&outputs, n, false);
+    wait_lag_zero(&bootstrap, &format!("default.{run}.f"), &input).await?;
+    assert!(b.metric("sluice_function_runner_records_in_total") >= 400.0);
+    Ok(())
+}
