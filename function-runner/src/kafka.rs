@@ -120,7 +120,9 @@ impl ConsumerContext for Context {
                 }
             }
             Ok(_) => {}
-            Err(_) => tracing::warn!(timeout = ?self.drain_timeout, "revoked partitions not drained in time; releasing them anyway"),
+            Err(_) => {
+                tracing::warn!(timeout = ?self.drain_timeout, "revoked partitions not drained in time; releasing them anyway")
+            }
         }
     }
 

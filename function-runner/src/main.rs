@@ -66,8 +66,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config: sluice_crds::config::RunnerConfig =
         sluice_crds::config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let settings =
-        Settings::resolve(&config, |name| std::env::var(name).ok()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let settings = Settings::resolve(&config, |name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(serve(Arc::new(settings)));
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -181,7 +181,15 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
         function = %settings.function, topic = %settings.topic, group = %settings.group,
         exactly_once = settings.exactly_once, key_ordering = settings.key_ordering, "function runner started"
     );
-    let env = Env { settings: settings.clone(), invoker, producer, metrics, timed_out, stop: stop.clone(), failed: failed.clone() };
+    let env = Env {
+        settings: settings.clone(),
+        invoker,
+        producer,
+        metrics,
+        timed_out,
+        stop: stop.clone(),
+        failed: failed.clone(),
+    };
     runner::run(env, consumer, inbox).await;
     stopping.store(true, Ordering::SeqCst);
     stop.cancel();

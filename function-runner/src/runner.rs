@@ -98,7 +98,9 @@ impl Metrics {
             records_in: Counter::default(),
             records_out: Counter::default(),
             invocations: Family::default(),
-            invocation_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            invocation_seconds: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
             dead_lettered: Counter::default(),
             processing_errors: Counter::default(),
             lag: Family::default(),
@@ -114,7 +116,11 @@ impl Metrics {
         r.register("invocations", "Invocations by outcome", m.invocations.clone());
         r.register("invocation_duration_seconds", "Invocation durations", m.invocation_seconds.clone());
         r.register("dead_lettered_records", "Records sent to the dead-letter topic", m.dead_lettered.clone());
-        r.register("processing_errors", "Failed invocations, undeliverable records, production errors", m.processing_errors.clone());
+        r.register(
+            "processing_errors",
+            "Failed invocations, undeliverable records, production errors",
+            m.processing_errors.clone(),
+        );
         r.register("consumer_lag_records", "Records behind the end of each assigned partition", m.lag.clone());
         r.register("transactions", "Kafka transactions committed (exactly-once)", m.transactions.clone());
         (Arc::new(m), r)
@@ -506,7 +512,9 @@ impl Dispatcher {
         for work in starting {
             // An oversize record alone in its batch cannot be sent.
             let work = match work {
-                Work::Invoke(a, _) if a.records.len() == 1 && overhead + record_cost(&a.records[0], true, true) > limits.max_bytes => {
+                Work::Invoke(a, _)
+                    if a.records.len() == 1 && overhead + record_cost(&a.records[0], true, true) > limits.max_bytes =>
+                {
                     let record = a.records.into_iter().next().expect("one record");
                     let reason = format!("record too large for one invocation (over maxBytes {})", limits.max_bytes);
                     match self.undeliverable(record, reason) {
@@ -776,8 +784,7 @@ impl Dispatcher {
             let r = &self.revocations[i];
             let drained = r.partitions.iter().all(|p| self.parts.get(p).is_none_or(|part| part.in_flight == 0));
             let committed = !self.settings.exactly_once
-                || (!self.tx_in_flight
-                    && !self.pending.finished.iter().any(|(p, _, _)| r.partitions.contains(p)));
+                || (!self.tx_in_flight && !self.pending.finished.iter().any(|(p, _, _)| r.partitions.contains(p)));
             if drained && !committed && self.settings.exactly_once {
                 self.maybe_start_transaction(true);
             }
@@ -808,10 +815,16 @@ impl Dispatcher {
         inbox: &mut mpsc::UnboundedReceiver<FromConsumer>,
     ) {
         let failed = self.env.failed.load(Ordering::SeqCst);
-        tracing::info!(in_flight = self.parts.values().map(|p| p.in_flight).sum::<usize>(), "stopping: finishing in-flight work");
+        tracing::info!(
+            in_flight = self.parts.values().map(|p| p.in_flight).sum::<usize>(),
+            "stopping: finishing in-flight work"
+        );
         let deadline = Instant::now() + self.settings.timeout + Duration::from_secs(10);
         // Tasks see `stop` too: those not yet invoking return at once.
-        while !failed && (self.parts.values().any(|p| p.in_flight > 0) || self.tx_in_flight) && Instant::now() < deadline {
+        while !failed
+            && (self.parts.values().any(|p| p.in_flight > 0) || self.tx_in_flight)
+            && Instant::now() < deadline
+        {
             tokio::select! {
                 Some(r) = reports.recv() => self.on_report_draining(r),
                 Some(t) = tx_done.recv() => self.on_transaction(t),
@@ -927,7 +940,9 @@ impl InvokeTask {
                     self.metrics.invocations.get_or_create(&OutcomeLabel { outcome: "bad_response".into() }).inc();
                     return Finished::Invoked {
                         attempt,
-                        result: Err("malformed response: a record names no topic and the function has no output.topic".into()),
+                        result: Err(
+                            "malformed response: a record names no topic and the function has no output.topic".into()
+                        ),
                         outputs: Vec::new(),
                     };
                 }

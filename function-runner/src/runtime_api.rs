@@ -116,7 +116,9 @@ impl RuntimeApi {
         }
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Result<Bytes, InvokeError>>>> {
+    fn lock_in_flight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Result<Bytes, InvokeError>>>> {
         // A panic while holding this lock cannot leave the map inconsistent: use it anyway.
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -152,7 +154,9 @@ async fn next(State(api): State<Arc<RuntimeApi>>) -> Response {
             let mut next = api.next.lock().await;
             match next.recv().await {
                 Some(q) => q,
-                None => return error_body(StatusCode::INTERNAL_SERVER_ERROR, "ServiceStopped", "the runner is stopping"),
+                None => {
+                    return error_body(StatusCode::INTERNAL_SERVER_ERROR, "ServiceStopped", "the runner is stopping");
+                }
             }
         };
         if queued.reply.is_closed() {
@@ -219,12 +223,7 @@ async fn response(State(api): State<Arc<RuntimeApi>>, Path(id): Path<String>, bo
     }
 }
 
-async fn error(
-    State(api): State<Arc<RuntimeApi>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn error(State(api): State<Arc<RuntimeApi>>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Response {
     let Some(reply) = api.lock_in_flight().remove(&id) else {
         return unknown_request(&id);
     };

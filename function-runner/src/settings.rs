@@ -137,7 +137,10 @@ impl Settings {
                         let Some(value) = &var.value else {
                             return Err(invalid(
                                 &format!("function.runtime.lambda.env[{i}]"),
-                                format!("{}: only plain values can be used by a local process (valueFrom needs Kubernetes)", var.name),
+                                format!(
+                                    "{}: only plain values can be used by a local process (valueFrom needs Kubernetes)",
+                                    var.name
+                                ),
                             ));
                         };
                         env.push((var.name.clone(), value.clone()));
@@ -216,7 +219,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.group, "default.trades.settle");
-        assert_eq!(s.limits, Limits { max_records: 100, max_bytes: 6 * 1024 * 1024, max_wait: Duration::from_millis(500) });
+        assert_eq!(
+            s.limits,
+            Limits { max_records: 100, max_bytes: 6 * 1024 * 1024, max_wait: Duration::from_millis(500) }
+        );
         assert_eq!(s.policy.max_retries, 3);
         assert!(s.policy.bisect && !s.policy.dead_letter && !s.exactly_once && !s.key_ordering);
         assert_eq!(s.timeout, Duration::from_secs(30));
@@ -266,8 +272,10 @@ function:
         )
         .unwrap_err();
         assert_eq!(e.path, "function.runtime.lambda.env[0]");
-        let e = resolve("pipeline: p\nkafka: {bootstrapServers: k}\nfunction: {name: f, source: {topic: t}, runtime: {}}\n")
-            .unwrap_err();
+        let e = resolve(
+            "pipeline: p\nkafka: {bootstrapServers: k}\nfunction: {name: f, source: {topic: t}, runtime: {}}\n",
+        )
+        .unwrap_err();
         assert_eq!(e.path, "function.runtime");
         let e = resolve(
             "pipeline: p\nkafka: {bootstrapServers: k}\nfunction: {name: f, source: {topic: t}, runtime: {http: {url: 'http://x/'}}, onFailure: {backoff: {initial: 10s, max: 1s}}}\n",

@@ -13,7 +13,13 @@ use crate::{runtime_api::RuntimeApi, settings::Process};
 /// The environment a Lambda runtime expects, for function `name` reaching the Runtime API at
 /// `runtime_api` (`host:port`). The Rust `lambda_runtime` refuses to start without the function
 /// name, memory size and version; `awslambdaric` reads the handler from its argument.
-pub fn lambda_env(name: &str, runtime_api: &str, timeout: Duration, memory_mb: u64, handler: &str) -> Vec<(String, String)> {
+pub fn lambda_env(
+    name: &str,
+    runtime_api: &str,
+    timeout: Duration,
+    memory_mb: u64,
+    handler: &str,
+) -> Vec<(String, String)> {
     let pairs = [
         ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_owned()),
         ("AWS_LAMBDA_FUNCTION_NAME", name.to_owned()),

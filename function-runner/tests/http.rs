@@ -112,7 +112,8 @@ async fn a_poison_record_is_bisected_retried_and_dead_lettered() -> anyhow::Resu
     let d = &dead[0];
     assert_eq!(d.value.as_deref(), Some(&b"poison"[..]));
     assert_eq!(d.key.as_deref(), Some(&b"k1"[..]));
-    let header = |name: &str| d.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let header =
+        |name: &str| d.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     assert!(header("sluice.error").is_some_and(|e| e.contains("HTTP 500")), "{:?}", d.headers);
     assert_eq!(header("sluice.attempts").as_deref(), Some("3"));
     assert_eq!(header("sluice.source.topic").as_deref(), Some(input.as_str()));
@@ -240,7 +241,8 @@ async fn two_runners_share_the_group_and_a_stopping_one_hands_over() -> anyhow::
     let inputs: Vec<Input> = (0..n).map(|i| Input::numbered(i, 16)).collect();
     produce(&bootstrap, &input, &inputs[..400]).await?;
     sluice_tests::wait_for("both runners to process records", Duration::from_secs(60), || {
-        let (x, y) = (a.metric("sluice_function_runner_records_in_total"), b.metric("sluice_function_runner_records_in_total"));
+        let (x, y) =
+            (a.metric("sluice_function_runner_records_in_total"), b.metric("sluice_function_runner_records_in_total"));
         async move { Ok((x > 0.0 && y > 0.0).then_some(())) }
     })
     .await?;

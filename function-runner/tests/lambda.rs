@@ -41,7 +41,15 @@ fn inputs(n: usize, keys: usize, extra: &[(usize, Value)]) -> Vec<Input> {
     v
 }
 
-async fn check(bootstrap: &str, run: &str, function: &str, output: &str, dlq: &str, n: usize, runtime: &str) -> anyhow::Result<()> {
+async fn check(
+    bootstrap: &str,
+    run: &str,
+    function: &str,
+    output: &str,
+    dlq: &str,
+    n: usize,
+    runtime: &str,
+) -> anyhow::Result<()> {
     let (b, o, d) = (bootstrap.to_owned(), output.to_owned(), dlq.to_owned());
     let (outputs, dead) = tokio::task::spawn_blocking(move || {
         (read_committed(&b, &o, n - 1, Duration::from_secs(120)), read_committed(&b, &d, 1, Duration::from_secs(30)))
@@ -68,7 +76,8 @@ async fn check(bootstrap: &str, run: &str, function: &str, output: &str, dlq: &s
         }
     }
     assert_eq!(dead.len(), 1, "{dead:?}");
-    let error = dead[0].headers.iter().find(|(k, _)| k == "sluice.error").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let error =
+        dead[0].headers.iter().find(|(k, _)| k == "sluice.error").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     assert!(error.as_deref().is_some_and(|e| e.contains("poison record at offset")), "{error:?}");
     sluice_tests::wait_for("the group's committed offsets to reach the end", Duration::from_secs(60), || {
         let (b, g, t) = (bootstrap.to_owned(), format!("default.{run}.{function}"), format!("{run}-in"));

@@ -3,13 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    process::Command,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use base64::Engine;
 use rdkafka::{
@@ -165,8 +159,12 @@ pub async fn serve_function(handler: Handler) -> anyhow::Result<u16> {
             let handler = handler.clone();
             async move {
                 let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let (status, body) = tokio::task::spawn_blocking(move || handler(&event)).await.unwrap_or((500, String::new()));
-                (axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR), body)
+                let (status, body) =
+                    tokio::task::spawn_blocking(move || handler(&event)).await.unwrap_or((500, String::new()));
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                    body,
+                )
             }
         }),
     );
@@ -193,7 +191,8 @@ pub fn event_records(event: &Value) -> Vec<EventRecord> {
     let mut out = Vec::new();
     for (_, records) in event["records"].as_object().into_iter().flatten() {
         for r in records.as_array().into_iter().flatten() {
-            let key = r["key"].as_str().and_then(|k| b64.decode(k).ok()).map(|k| String::from_utf8_lossy(&k).into_owned());
+            let key =
+                r["key"].as_str().and_then(|k| b64.decode(k).ok()).map(|k| String::from_utf8_lossy(&k).into_owned());
             let value = r["value"].as_str().and_then(|v| b64.decode(v).ok()).unwrap_or_default();
             let headers = r["headers"]
                 .as_array()
