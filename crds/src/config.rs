@@ -204,6 +204,36 @@ impl RunnerConfig {
     }
 }
 
+/// Where the runner serves the Runtime API inside a function's pod, as the function container
+/// is told in `AWS_LAMBDA_RUNTIME_API`.
+pub const RUNTIME_API_IN_POD: &str = "127.0.0.1:9001";
+
+/// The environment a Lambda runtime expects, for function `name` reaching the Runtime API at
+/// `runtime_api` (`host:port`): what the runner gives a local process and the operator gives a
+/// function container. The Rust `lambda_runtime` refuses to start without the function name,
+/// memory size and version; `awslambdaric` reads the handler from its argument, others from
+/// `_HANDLER`.
+pub fn lambda_env(
+    name: &str,
+    runtime_api: &str,
+    timeout: std::time::Duration,
+    memory_mb: u64,
+    handler: &str,
+) -> Vec<(String, String)> {
+    let pairs = [
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_owned()),
+        ("AWS_LAMBDA_FUNCTION_NAME", name.to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb.to_string()),
+        ("AWS_LAMBDA_FUNCTION_TIMEOUT", timeout.as_secs().max(1).to_string()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", format!("sluice/{name}")),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
+        ("_HANDLER", handler.to_owned()),
+    ];
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
 /// Parse a config file (YAML or JSON) with field paths in errors.
 pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let deserializer = serde_norway::Deserializer::from_str(text);
@@ -275,6 +305,17 @@ function:
         let e = parse::<RunnerConfig>("pipeline: p\nkafka: {bootstrapServers: k}\nfunction: {name: f, source: {topic: t}, runtime: {}, batch: {maxRecords: x}}\n")
             .unwrap_err();
         assert!(e.to_string().starts_with("function.batch.maxRecords"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_real_lambda_runtimes_need() {
+        let env = lambda_env("settle", RUNTIME_API_IN_POD, std::time::Duration::from_secs(30), 128, "settle.handler");
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), Some("127.0.0.1:9001"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), Some("settle"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), Some("128"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_VERSION"), Some("$LATEST"));
+        assert_eq!(get("_HANDLER"), Some("settle.handler"));
     }
 
     #[test]

@@ -116,7 +116,7 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
     let supervisor = match (&settings.mode, &runtime) {
         (Mode::Lambda { concurrency, process: Some(process) }, Some(api)) => {
             let handler = process.argv.last().cloned().unwrap_or_default();
-            let env = supervisor::lambda_env(
+            let env = sluice_crds::config::lambda_env(
                 &settings.function,
                 &supervisor::reachable(&settings.runtime_api_listen),
                 settings.timeout,
@@ -161,18 +161,7 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
     let signal_stop = stop.clone();
     let signal_stopping = stopping.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGTERM");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("stop requested");
+        sluice_telemetry::stop_requested().await;
         signal_stopping.store(true, Ordering::SeqCst);
         signal_stop.cancel();
     });

@@ -10,30 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{runtime_api::RuntimeApi, settings::Process};
 
-/// The environment a Lambda runtime expects, for function `name` reaching the Runtime API at
-/// `runtime_api` (`host:port`). The Rust `lambda_runtime` refuses to start without the function
-/// name, memory size and version; `awslambdaric` reads the handler from its argument.
-pub fn lambda_env(
-    name: &str,
-    runtime_api: &str,
-    timeout: Duration,
-    memory_mb: u64,
-    handler: &str,
-) -> Vec<(String, String)> {
-    let pairs = [
-        ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_owned()),
-        ("AWS_LAMBDA_FUNCTION_NAME", name.to_owned()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb.to_string()),
-        ("AWS_LAMBDA_FUNCTION_TIMEOUT", timeout.as_secs().max(1).to_string()),
-        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", format!("sluice/{name}")),
-        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
-        ("_HANDLER", handler.to_owned()),
-    ];
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-}
-
 /// The address a local process reaches a listen address at (`0.0.0.0:9001` → `127.0.0.1:9001`).
 pub fn reachable(listen: &str) -> String {
     match listen.rsplit_once(':') {
@@ -147,14 +123,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_environment_real_runtimes_need() {
-        let env = lambda_env("settle", "127.0.0.1:9001", Duration::from_secs(30), 128, "settle.handler");
-        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), Some("127.0.0.1:9001"));
-        assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), Some("settle"));
-        assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), Some("128"));
-        assert_eq!(get("AWS_LAMBDA_FUNCTION_VERSION"), Some("$LATEST"));
-        assert_eq!(get("_HANDLER"), Some("settle.handler"));
+    fn a_wildcard_listen_address_is_reached_on_loopback() {
         assert_eq!(reachable("0.0.0.0:9001"), "127.0.0.1:9001");
         assert_eq!(reachable("127.0.0.1:9001"), "127.0.0.1:9001");
     }

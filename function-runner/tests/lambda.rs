@@ -137,3 +137,31 @@ async fn the_rust_lambda_runtime_runs_unchanged() -> anyhow::Result<()> {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_stuck_past_its_timeout_is_replaced() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let Some(ric) = sluice_tests::awslambdaric() else { return Ok(()) };
+    let run = unique("pyhang");
+    let (input, output, dlq) = (format!("{run}-in"), format!("{run}-out"), format!("{run}-dlq"));
+    create_topics(&bootstrap, &[(&input, 2), (&output, 2), (&dlq, 1)]).await?;
+    let marker = std::env::temp_dir().join(format!("{run}-hung"));
+    let n = 40;
+    produce(&bootstrap, &input, &inputs(n, 4, &[(20, json!({"seq": 20, "hang": marker.to_string_lossy()}))])).await?;
+    let handlers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lambda");
+    let lambda = json!({
+        "command": ["python3", "-m", "awslambdaric"],
+        "args": ["settle.handler"],
+        "env": [{"name": "PYTHONPATH", "value": format!("{handlers}:{ric}")}],
+        "timeout": "2s",
+        "concurrency": 2,
+    });
+    let (config, port) = runner_config(&bootstrap, &run, lambda_function("hang", &input, &output, &dlq, lambda));
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, port)).await?;
+    check(&bootstrap, &run, "hang", &output, &dlq, n, "awslambdaric").await?;
+    assert!(marker.exists(), "the hang hook ran");
+    let text = http(runner.port, "GET", "/metrics", None).map(|(_, t)| t).unwrap_or_default();
+    assert!(text.contains("outcome=\"timeout\""), "the stuck invocation timed out:\n{text}");
+    std::fs::remove_file(&marker).ok();
+    Ok(())
+}

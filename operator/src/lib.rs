@@ -1,4 +1,6 @@
 //! The Sluice operator's logic, kept free of IO where it can be: the lag autoscaler's decisions
-//! (more of the reconciler joins it as the operator issue lands).
+//! and the rendering of a Pipeline into its children (the controller that applies them joins as
+//! the operator issue lands).
 
 pub mod autoscale;
+pub mod render;

@@ -76,18 +76,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     });
     let stopper = shared.clone();
     rt.spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGTERM");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("stop requested");
+        sluice_telemetry::stop_requested().await;
         stopper.stop.store(true, Ordering::SeqCst);
     });
     let worker = shared.clone();

@@ -1,5 +1,5 @@
 //! Logging for every Sluice binary: `tracing` to stderr, filtered by `RUST_LOG` (default `info`),
-//! as text or as JSON lines (`--log-format json`).
+//! as text or as JSON lines (`--log-format json`); and the stop signal they all obey.
 
 /// The `--log-format` flag.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,4 +34,22 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Resolves when the process is asked to stop: SIGTERM (Kubernetes) or Ctrl-C. If SIGTERM
+/// cannot be watched, only Ctrl-C stops it (and the error is logged).
+pub async fn stop_requested() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stop requested");
 }

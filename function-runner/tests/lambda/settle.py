@@ -2,12 +2,14 @@
 each record and returns one output record per input (the runner produces them).
 
 Test hooks, by input value: {"poison": true} raises; {"crash": PATH} kills the process the first
-time (creating PATH), as a runtime crash would.
+time (creating PATH), as a runtime crash would; {"hang": PATH} hangs the first time (creating
+PATH), as a handler stuck past its timeout would.
 """
 
 import base64
 import json
 import os
+import time
 
 
 def header_text(values):
@@ -29,6 +31,9 @@ def handler(event, context):
             if isinstance(value, dict) and value.get("crash") and not os.path.exists(value["crash"]):
                 open(value["crash"], "w").close()
                 os._exit(3)
+            if isinstance(value, dict) and value.get("hang") and not os.path.exists(value["hang"]):
+                open(value["hang"], "w").close()
+                time.sleep(600)
             headers = {k: header_text(v) for h in r["headers"] for k, v in h.items()}
             out.append({
                 "key": key,

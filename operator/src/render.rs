@@ -1,0 +1,743 @@
+//! From a Pipeline to the objects that run it, as pure functions: a validated [`Plan`] (SQL
+//! analysed, defaults applied, errors with field paths), then the children — ConfigMap,
+//! ServiceAccount, the processor's StatefulSet with its Services and PodDisruptionBudget, and per
+//! function a Deployment and a metrics Service — each with the Pipeline as controlling owner.
+//! The controller applies them whole with server-side apply; nothing here talks to a cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec},
+        core::v1::{
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+            EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+            VolumeResourceRequirements,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use kube::Resource;
+use sha2::{Digest, Sha256};
+use sluice_crds::{
+    Pipeline,
+    config::{KafkaConfig, ProcessorConfig, RUNTIME_API_IN_POD, RunnerConfig, lambda_env},
+    pipeline::{FunctionSpec, KafkaSpec, ProcessorSpec},
+};
+
+/// Where the config files are mounted in every data-plane container.
+pub const CONFIG_DIR: &str = "/etc/sluice";
+/// Where the Kafka CA is mounted when `kafka.tls.caSecretRef` is set.
+pub const CA_DIR: &str = "/etc/sluice/kafka-ca";
+/// The processor's state directory (the PVC).
+pub const STATE_DIR: &str = "/var/lib/sluice";
+/// The annotation on pod templates that carries the hash of their config, so that a change of
+/// SQL or settings rolls the pods.
+pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
+/// The processor's HTTP port.
+pub const PROCESSOR_PORT: i32 = 8088;
+/// The runner's metrics and health port.
+pub const RUNNER_PORT: i32 = 9090;
+/// The non-root user the data-plane containers run as (distroless `nonroot`).
+pub const USER_ID: i64 = 65532;
+
+/// Why a Pipeline cannot be planned: the field, and what is wrong (SQL errors carry line and
+/// column in the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PlanError {
+    /// Field path, e.g. `spec.processor.sql`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// Whether the SQL is at fault (condition `SqlValid=False`).
+    pub sql: bool,
+}
+
+/// A Pipeline, checked and with everything the children need resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Namespace.
+    pub namespace: String,
+    /// Pipeline name.
+    pub name: String,
+    /// The owner reference every child carries.
+    pub owner: OwnerReference,
+    /// The data-plane image.
+    pub image: String,
+    /// Kafka settings as the pipeline gives them.
+    pub kafka: KafkaSpec,
+    /// The processor, if the Pipeline has SQL.
+    pub processor: Option<ProcessorSpec>,
+    /// Persistent queries the SQL defines (id and sink), for status.
+    pub queries: Vec<(String, String)>,
+    /// The functions.
+    pub functions: Vec<FunctionSpec>,
+}
+
+/// Check a Pipeline and resolve it. `default_image` is used when `spec.image` is unset (the
+/// operator's own version of the data-plane image).
+pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError> {
+    let meta = &pipeline.metadata;
+    let name = meta.name.clone().ok_or_else(|| err("metadata.name", "missing"))?;
+    let namespace = meta.namespace.clone().ok_or_else(|| err("metadata.namespace", "missing"))?;
+    let owner =
+        pipeline.controller_owner_ref(&()).ok_or_else(|| err("metadata.uid", "missing (not read from the cluster)"))?;
+    let spec = &pipeline.spec;
+    let mut seen = Vec::new();
+    for (i, f) in spec.functions.iter().enumerate() {
+        if seen.contains(&f.name) {
+            return Err(err(&format!("spec.functions[{i}].name"), format!("duplicate function name {:?}", f.name)));
+        }
+        seen.push(f.name.clone());
+    }
+    let mut queries = Vec::new();
+    if let Some(p) = &spec.processor {
+        let mut engine = sluice_engine::Engine::default();
+        engine.execute_script(&p.sql).map_err(|e| PlanError {
+            path: "spec.processor.sql".into(),
+            message: e.to_string(),
+            sql: true,
+        })?;
+        for q in &engine.queries {
+            let sink = engine.catalog.get(&q.sink).map_or_else(|| q.sink.clone(), |s| s.topic.clone());
+            queries.push((q.id.clone(), sink));
+        }
+    }
+    if spec.processor.is_none() && spec.functions.is_empty() {
+        return Err(err("spec", "a Pipeline needs a processor, functions, or both"));
+    }
+    Ok(Plan {
+        namespace,
+        name,
+        owner,
+        image: spec.image.clone().unwrap_or_else(|| default_image.to_owned()),
+        kafka: spec.kafka.clone(),
+        processor: spec.processor.clone(),
+        queries,
+        functions: spec.functions.clone(),
+    })
+}
+
+fn err(path: &str, message: impl Into<String>) -> PlanError {
+    PlanError { path: path.into(), message: message.into(), sql: false }
+}
+
+/// Everything a Plan renders into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    /// The data-plane config files.
+    pub config_map: ConfigMap,
+    /// The pods' ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// The processor's objects, when there is SQL.
+    pub processor: Option<ProcessorChildren>,
+    /// Per function.
+    pub functions: Vec<FunctionChildren>,
+}
+
+/// The processor's objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorChildren {
+    /// One pod per replica, one PVC each.
+    pub stateful_set: StatefulSet,
+    /// Headless: the pods' stable DNS names, for routing pull queries.
+    pub headless: Service,
+    /// The client Service on 8088.
+    pub client: Service,
+    /// At most one replica down at a time.
+    pub disruption_budget: PodDisruptionBudget,
+}
+
+/// A function's objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionChildren {
+    /// The function's name.
+    pub function: String,
+    /// Runner (and function container); its replicas are the autoscaler's, not set here.
+    pub deployment: Deployment,
+    /// The metrics Service.
+    pub service: Service,
+}
+
+/// Object names, derived from the Pipeline's.
+pub mod names {
+    /// The ConfigMap.
+    pub fn config_map(pipeline: &str) -> String {
+        format!("{pipeline}-sluice-config")
+    }
+    /// The ServiceAccount.
+    pub fn service_account(pipeline: &str) -> String {
+        format!("{pipeline}-sluice")
+    }
+    /// The processor StatefulSet, its client Service and PDB.
+    pub fn processor(pipeline: &str) -> String {
+        format!("{pipeline}-processor")
+    }
+    /// The processor's headless Service.
+    pub fn headless(pipeline: &str) -> String {
+        format!("{pipeline}-processor-peers")
+    }
+    /// A function's Deployment and Service.
+    pub fn function(pipeline: &str, function: &str) -> String {
+        format!("{pipeline}-fn-{function}")
+    }
+    /// A function's config file in the ConfigMap.
+    pub fn runner_file(function: &str) -> String {
+        format!("function-{function}.yaml")
+    }
+    /// The processor's config file in the ConfigMap.
+    pub const PROCESSOR_FILE: &str = "processor.yaml";
+}
+
+impl Plan {
+    fn labels(&self, component: &str, function: Option<&str>) -> BTreeMap<String, String> {
+        let mut l = self.selector(component, function);
+        l.insert("app.kubernetes.io/managed-by".into(), "sluice-operator".into());
+        l
+    }
+
+    fn selector(&self, component: &str, function: Option<&str>) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), "sluice".to_string()),
+            ("app.kubernetes.io/instance".to_string(), self.name.clone()),
+            ("app.kubernetes.io/component".to_string(), component.to_string()),
+        ]);
+        if let Some(f) = function {
+            l.insert("sluice.dev/function".into(), f.into());
+        }
+        l
+    }
+
+    fn meta(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn application_id(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+
+    fn kafka_config(&self) -> KafkaConfig {
+        let ca = self.kafka.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()).map(|r| format!("{CA_DIR}/{}", r.key));
+        KafkaConfig::from_spec(&self.kafka, ca.as_deref())
+    }
+
+    /// The processor's config file.
+    pub fn processor_config(&self) -> Option<ProcessorConfig> {
+        let p = self.processor.as_ref()?;
+        let headless = names::headless(&self.name);
+        let peers = (0..p.replicas)
+            .map(|i| format!("{}-{i}.{headless}.{}.svc:{PROCESSOR_PORT}", names::processor(&self.name), self.namespace))
+            .collect();
+        Some(ProcessorConfig {
+            application_id: self.application_id(),
+            kafka: self.kafka_config(),
+            sql: p.sql.clone(),
+            replicas: p.replicas,
+            ordinal: None,
+            state_dir: STATE_DIR.into(),
+            exactly_once: p.exactly_once,
+            commit_interval: p.commit_interval.clone(),
+            properties: p.properties.clone(),
+            listen: format!("0.0.0.0:{PROCESSOR_PORT}"),
+            peers,
+        })
+    }
+
+    /// A function's runner config file.
+    pub fn runner_config(&self, f: &FunctionSpec) -> RunnerConfig {
+        RunnerConfig {
+            pipeline: self.name.clone(),
+            namespace: self.namespace.clone(),
+            kafka: self.kafka_config(),
+            group: None,
+            runtime_api_listen: RUNTIME_API_IN_POD.into(),
+            listen: format!("0.0.0.0:{RUNNER_PORT}"),
+            function: f.clone(),
+        }
+    }
+}
+
+fn to_yaml<T: serde::Serialize>(value: &T) -> String {
+    serde_norway::to_string(value).expect("config structs always serialize")
+}
+
+fn hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
+}
+
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, port: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(USER_ID),
+        run_as_group: Some(USER_ID),
+        fs_group: Some(USER_ID),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..VolumeMount::default() }
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+/// Render every child of a plan.
+pub fn render(plan: &Plan) -> Children {
+    let processor_config = plan.processor_config();
+    let runner_configs: Vec<(String, String)> =
+        plan.functions.iter().map(|f| (names::runner_file(&f.name), to_yaml(&plan.runner_config(f)))).collect();
+    let mut data = BTreeMap::new();
+    if let Some(c) = &processor_config {
+        data.insert(names::PROCESSOR_FILE.to_string(), to_yaml(c));
+    }
+    data.extend(runner_configs.iter().cloned());
+    let config_map = ConfigMap {
+        metadata: plan.meta(names::config_map(&plan.name), plan.labels("config", None)),
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+    let service_account = ServiceAccount {
+        metadata: plan.meta(names::service_account(&plan.name), plan.labels("data-plane", None)),
+        // The data plane never talks to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+    let processor =
+        plan.processor.as_ref().zip(processor_config.as_ref()).map(|(p, c)| render_processor(plan, p, &to_yaml(c)));
+    let functions =
+        plan.functions.iter().zip(&runner_configs).map(|(f, (_, config))| render_function(plan, f, config)).collect();
+    Children { config_map, service_account, processor, functions }
+}
+
+/// Environment variables carrying Kafka SASL credentials from the referenced Secret (never copied
+/// into the ConfigMap).
+fn sasl_env(kafka: &KafkaSpec) -> Vec<EnvVar> {
+    let Some(sasl) = &kafka.sasl else { return Vec::new() };
+    [(sluice_crds::config::SASL_USERNAME_ENV, "username"), (sluice_crds::config::SASL_PASSWORD_ENV, "password")]
+        .into_iter()
+        .map(|(var, key)| EnvVar {
+            name: var.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: sasl.secret_ref.name.clone(),
+                    key: key.into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        })
+        .collect()
+}
+
+/// The volumes every data-plane pod has: the config files and, with TLS, the CA.
+fn common_volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names::config_map(&plan.name),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![mount("config", CONFIG_DIR)];
+    if let Some(ca) = plan.kafka.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+        volumes.push(Volume {
+            name: "kafka-ca".into(),
+            secret: Some(SecretVolumeSource { secret_name: Some(ca.name.clone()), ..SecretVolumeSource::default() }),
+            ..Volume::default()
+        });
+        mounts.push(mount("kafka-ca", CA_DIR));
+    }
+    (volumes, mounts)
+}
+
+fn render_processor(plan: &Plan, p: &ProcessorSpec, config: &str) -> ProcessorChildren {
+    let name = names::processor(&plan.name);
+    let labels = plan.labels("processor", None);
+    let selector = plan.selector("processor", None);
+    let (volumes, mut mounts) = common_volumes(plan);
+    mounts.push(VolumeMount { name: "state".into(), mount_path: STATE_DIR.into(), ..VolumeMount::default() });
+    let mut env = vec![pod_name_env()];
+    env.extend(sasl_env(&plan.kafka));
+    let container = Container {
+        name: "processor".into(),
+        image: Some(plan.image.clone()),
+        command: Some(vec!["sluice-processor".into()]),
+        args: Some(vec!["run".into(), "--config".into(), format!("{CONFIG_DIR}/{}", names::PROCESSOR_FILE)]),
+        env: Some(env),
+        ports: Some(vec![port("http", PROCESSOR_PORT)]),
+        readiness_probe: Some(http_probe("/readyz", PROCESSOR_PORT, 5)),
+        liveness_probe: Some(http_probe("/healthz", PROCESSOR_PORT, 10)),
+        resources: p.resources.clone(),
+        security_context: Some(restricted()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let mut storage_requests = BTreeMap::new();
+    storage_requests.insert("storage".to_string(), Quantity(p.storage.size.to_quantity_string()));
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some("state".into()), ..ObjectMeta::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: p.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(storage_requests),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash(&[config, &plan.image]))])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(names::service_account(&plan.name)),
+            automount_service_account_token: Some(false),
+            security_context: Some(pod_security()),
+            // A clean stop commits the open transaction and checkpoints the state.
+            termination_grace_period_seconds: Some(60),
+            containers: vec![container],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+    };
+    let stateful_set = StatefulSet {
+        metadata: plan.meta(name.clone(), labels.clone()),
+        spec: StatefulSetSpec {
+            replicas: Some(p.replicas),
+            service_name: Some(names::headless(&plan.name)),
+            // Ownership is static (p mod replicas): pods may start together.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            template,
+            volume_claim_templates: Some(vec![claim]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    };
+    let service_port = ServicePort {
+        name: Some("http".into()),
+        port: PROCESSOR_PORT,
+        target_port: Some(IntOrString::String("http".into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    };
+    let headless = Service {
+        metadata: plan.meta(names::headless(&plan.name), labels.clone()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Peers route pull queries to each other while not yet ready (restoring).
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector.clone()),
+            ports: Some(vec![service_port.clone()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let client = Service {
+        metadata: plan.meta(name.clone(), labels.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![service_port]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let disruption_budget = PodDisruptionBudget {
+        metadata: plan.meta(name, labels),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+    ProcessorChildren { stateful_set, headless, client, disruption_budget }
+}
+
+fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChildren {
+    let name = names::function(&plan.name, &f.name);
+    let labels = plan.labels("function", Some(&f.name));
+    let selector = plan.selector("function", Some(&f.name));
+    let (mut volumes, mounts) = common_volumes(plan);
+    let mut env = vec![pod_name_env()];
+    env.extend(sasl_env(&plan.kafka));
+    let runner = Container {
+        name: "runner".into(),
+        image: Some(plan.image.clone()),
+        command: Some(vec!["sluice-function-runner".into()]),
+        args: Some(vec!["run".into(), "--config".into(), format!("{CONFIG_DIR}/{}", names::runner_file(&f.name))]),
+        env: Some(env),
+        ports: Some(vec![port("metrics", RUNNER_PORT)]),
+        readiness_probe: Some(http_probe("/readyz", RUNNER_PORT, 5)),
+        liveness_probe: Some(http_probe("/healthz", RUNNER_PORT, 10)),
+        security_context: Some(restricted()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let mut containers = vec![runner];
+    let timeout = match (&f.runtime.lambda, &f.runtime.http) {
+        (Some(l), _) => l.timeout.get(),
+        (_, Some(h)) => h.timeout.get(),
+        _ => std::time::Duration::from_secs(30),
+    };
+    if let Some(l) = &f.runtime.lambda {
+        let memory_mb = l
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|limits| limits.get("memory"))
+            .and_then(|q| q.0.parse::<sluice_crds::ByteSize>().ok())
+            .map_or(128, |b| (b.bytes() / (1024 * 1024)).max(1));
+        let handler = l.args.last().cloned().unwrap_or_default();
+        let mut env: Vec<EnvVar> = lambda_env(&f.name, RUNTIME_API_IN_POD, timeout, memory_mb, &handler)
+            .into_iter()
+            .map(|(k, v)| env_value(&k, v))
+            .collect();
+        // The user's variables last: they may override ours (a custom _HANDLER, say).
+        env.extend(l.env.iter().cloned());
+        volumes.push(Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        containers.push(Container {
+            name: "function".into(),
+            image: l.image.clone(),
+            command: (!l.command.is_empty()).then(|| l.command.clone()),
+            args: (!l.args.is_empty()).then(|| l.args.clone()),
+            env: Some(env),
+            resources: l.resources.clone(),
+            security_context: Some(restricted()),
+            // Lambda runtimes write to /tmp, the one writable path Lambda gives them too.
+            volume_mounts: Some(vec![VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            }]),
+            ..Container::default()
+        });
+    }
+    let grace = i64::try_from(timeout.as_secs()).unwrap_or(900).saturating_add(30);
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash(&[config, &plan.image]))])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(names::service_account(&plan.name)),
+            automount_service_account_token: Some(false),
+            security_context: Some(pod_security()),
+            // SIGTERM lets in-flight invocations finish (bounded by the invocation timeout).
+            termination_grace_period_seconds: Some(grace),
+            containers,
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+    };
+    let deployment = Deployment {
+        metadata: plan.meta(name.clone(), labels.clone()),
+        spec: DeploymentSpec {
+            // No `replicas`: the autoscaler owns them (through the scale subresource).
+            replicas: None,
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            strategy: Some(DeploymentStrategy { type_: Some("RollingUpdate".into()), ..DeploymentStrategy::default() }),
+            template,
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: plan.meta(name, labels),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: RUNNER_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    FunctionChildren { function: f.name.clone(), deployment, service }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Pipeline {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stocktrade/pipeline.yaml"))
+                .expect("the example");
+        let mut p = sluice_crds::validate::load_pipelines(&text).expect("the example is valid").remove(0);
+        p.metadata.namespace = Some("prod".into());
+        p.metadata.uid = Some("0b1c2d3e-0000-4000-8000-000000000001".into());
+        p
+    }
+
+    #[test]
+    fn the_example_renders_its_children() {
+        let plan = plan(&example(), "ghcr.io/sluice-dev/sluice:test").unwrap();
+        let children = render(&plan);
+        insta::assert_yaml_snapshot!("example_config_map", children.config_map);
+        let p = children.processor.as_ref().expect("the example has SQL");
+        insta::assert_yaml_snapshot!(
+            "example_processor",
+            (&p.stateful_set, &p.headless, &p.client, &p.disruption_budget)
+        );
+        insta::assert_yaml_snapshot!(
+            "example_functions",
+            children.functions.iter().map(|f| (&f.deployment, &f.service)).collect::<Vec<_>>()
+        );
+        insta::assert_yaml_snapshot!("example_service_account", children.service_account);
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_pipeline() {
+        let plan = plan(&example(), "img").unwrap();
+        let c = render(&plan);
+        let p = c.processor.as_ref().unwrap();
+        let metas = [
+            &c.config_map.metadata,
+            &c.service_account.metadata,
+            &p.stateful_set.metadata,
+            &p.headless.metadata,
+            &p.client.metadata,
+            &p.disruption_budget.metadata,
+        ]
+        .into_iter()
+        .chain(c.functions.iter().flat_map(|f| [&f.deployment.metadata, &f.service.metadata]));
+        for m in metas {
+            let owners = m.owner_references.as_ref().unwrap();
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "Pipeline");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(m.namespace.as_deref(), Some("prod"));
+        }
+    }
+
+    #[test]
+    fn a_sql_change_changes_the_processor_hash_only() {
+        let base = render(&plan(&example(), "img").unwrap());
+        let mut changed = example();
+        if let Some(p) = changed.spec.processor.as_mut() {
+            p.sql.push_str("\n-- a comment\n");
+        }
+        let after = render(&plan(&changed, "img").unwrap());
+        let hash = |s: &StatefulSet| {
+            s.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH].clone()
+        };
+        let dhash = |d: &Deployment| {
+            d.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH].clone()
+        };
+        assert_ne!(hash(&base.processor.unwrap().stateful_set), hash(&after.processor.unwrap().stateful_set));
+        assert_eq!(dhash(&base.functions[0].deployment), dhash(&after.functions[0].deployment));
+    }
+
+    #[test]
+    fn bad_sql_is_a_sql_error_with_line_and_column() {
+        let mut p = example();
+        if let Some(proc) = p.spec.processor.as_mut() {
+            proc.sql = "CREATE STREAM S (A INT) WITH (kafka_topic='s', value_format='json');\nSELECT FROM;".into();
+        }
+        let e = plan(&p, "img").unwrap_err();
+        assert!(e.sql);
+        assert_eq!(e.path, "spec.processor.sql");
+        assert!(e.message.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_the_config_map() {
+        let mut p = example();
+        p.spec.kafka.sasl = Some(sluice_crds::pipeline::SaslSpec {
+            mechanism: sluice_crds::pipeline::SaslMechanism::ScramSha512,
+            secret_ref: sluice_crds::pipeline::SecretRef { name: "kafka-user".into() },
+        });
+        let c = render(&plan(&p, "img").unwrap());
+        let text = serde_json::to_string(&c.config_map).unwrap();
+        assert!(text.contains("SLUICE_KAFKA_SASL_USERNAME") && !text.contains("kafka-user"), "{text}");
+        let runner = &c.functions[0].deployment.spec.template.spec.as_ref().unwrap().containers[0];
+        let env = runner.env.as_ref().unwrap();
+        let user = env.iter().find(|e| e.name == "SLUICE_KAFKA_SASL_USERNAME").unwrap();
+        let secret = user.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("kafka-user", "username"));
+    }
+}
