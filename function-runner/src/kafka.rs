@@ -219,7 +219,9 @@ pub fn producer(settings: &Settings, transactional_id: Option<&str>) -> anyhow::
     for consumer_only in ["group.protocol", "group.remote.assignor"] {
         c.remove(consumer_only);
     }
-    c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    // No linger: under at-least-once a partition's next batch waits for this batch's
+    // acknowledgements, so every millisecond of linger is a millisecond of every batch.
+    c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "0");
     if let Some(id) = transactional_id {
         c.set("transactional.id", id).set("transaction.timeout.ms", "10000");
     }
