@@ -3,4 +3,7 @@
 //! the operator issue lands).
 
 pub mod autoscale;
+pub mod controller;
 pub mod render;
+pub mod server;
+pub mod status;

@@ -250,3 +250,51 @@ pub fn read_committed(bootstrap: &str, topic: &str, want: usize, deadline: Durat
     }
     out
 }
+
+/// Create a namespace no other test uses; its name.
+pub async fn create_namespace(client: &kube::Client) -> anyhow::Result<String> {
+    let name = unique("ns");
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &ns)
+        .await?;
+    Ok(name)
+}
+
+/// Apply the committed CRD (the file, not the types: what users install) with server-side apply
+/// and wait until it is Established. Returns the warnings the apiserver sent back.
+pub async fn install_crd(client: &kube::Client) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(repo_root().join("crds").join(sluice_crds::CRD_FILE))?;
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_norway::from_str(&text)?;
+    let name = kube::ResourceExt::name_any(&crd);
+    let params = kube::api::PatchParams::apply("sluice-tests").force();
+    let request = kube::core::Request::new("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").patch(
+        &name,
+        &params,
+        &kube::api::Patch::Apply(&crd),
+    )?;
+    let response = client.send(request.map(kube::client::Body::from)).await?;
+    let status = response.status();
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    if !status.is_success() {
+        let body = response.into_body().collect_bytes().await?;
+        anyhow::bail!("applying the CRD failed with HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let crds: kube::Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        kube::Api::all(client.clone());
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(crds, &name, kube::runtime::wait::conditions::is_crd_established()),
+    )
+    .await??;
+    Ok(warnings)
+}

@@ -2,20 +2,18 @@
 //! generated CRD is accepted without warnings and becomes Established, a valid Pipeline comes
 //! back with the schema's defaults, and invalid ones are rejected with the CEL rules' messages.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Namespace},
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::core::v1::ConfigMap, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Client, CustomResourceExt, ResourceExt,
-    api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::wait::{await_condition, conditions},
+    Api, Client, CustomResourceExt,
+    api::{ApiResource, DynamicObject, ObjectMeta, PostParams},
 };
 use serde_json::{Value, json};
 use sluice_crds::Pipeline;
-use sluice_tests::{kube_client, kubeconfig_path, repo_root, unique};
+use sluice_tests::{kube_client, kubeconfig_path, repo_root};
 
 async fn client() -> anyhow::Result<Option<Client>> {
     match kubeconfig_path() {
@@ -25,41 +23,11 @@ async fn client() -> anyhow::Result<Option<Client>> {
 }
 
 async fn namespace(client: &Client) -> anyhow::Result<String> {
-    let name = unique("ns");
-    let ns =
-        Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-    Ok(name)
+    sluice_tests::create_namespace(client).await
 }
 
-/// Apply the committed CRD (the file, not the types: what users install) with server-side apply
-/// and wait until it is Established. Returns the warnings the apiserver sent back.
 async fn install_crd(client: &Client) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(repo_root().join("crds").join(sluice_crds::CRD_FILE))?;
-    let crd: CustomResourceDefinition = serde_norway::from_str(&text)?;
-    let name = crd.name_any();
-    let params = PatchParams::apply("sluice-tests").force();
-    let request = kube::core::Request::new("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").patch(
-        &name,
-        &params,
-        &Patch::Apply(&crd),
-    )?;
-    let response = client.send(request.map(kube::client::Body::from)).await?;
-    let status = response.status();
-    let warnings: Vec<String> = response
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    if !status.is_success() {
-        let body = response.into_body().collect_bytes().await?;
-        anyhow::bail!("applying the CRD failed with HTTP {status}: {}", String::from_utf8_lossy(&body));
-    }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    tokio::time::timeout(Duration::from_secs(30), await_condition(crds, &name, conditions::is_crd_established()))
-        .await??;
-    Ok(warnings)
+    sluice_tests::install_crd(client).await
 }
 
 fn pipelines(client: &Client, ns: &str) -> Api<DynamicObject> {

@@ -1,0 +1,309 @@
+//! The controller: watches Pipelines (and the children they own), applies the rendered children
+//! with server-side apply under one field manager, deletes the children the spec no longer asks
+//! for, rescales the processor through zero, and writes status and Events.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use sluice_crds::Pipeline;
+
+use crate::{
+    render::{self, Children, names},
+    status::{self, Observed, Rescale},
+};
+
+/// The field manager of everything the operator applies.
+pub const MANAGER: &str = "sluice-operator";
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: kube::Error,
+    },
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Kube { what, source }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The client.
+    pub client: Client,
+    /// Events.
+    pub recorder: Recorder,
+    /// The data-plane image when a Pipeline names none.
+    pub image: String,
+    /// Reconciles by result, for `/metrics`.
+    pub metrics: Arc<crate::server::Metrics>,
+}
+
+/// Run the controller until `shutdown` resolves. `namespace`: watch one namespace, else all.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    image: String,
+    metrics: Arc<crate::server::Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api = |c: &Client| match &namespace {
+        Some(ns) => Api::<Pipeline>::namespaced(c.clone(), ns),
+        None => Api::<Pipeline>::all(c.clone()),
+    };
+    fn children<K>(c: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    }
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let context =
+        Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client: client.clone(), image, metrics });
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
+    Controller::new(api(&client), watcher::Config::default())
+        .owns(children::<ConfigMap>(&client, &namespace), owned.clone())
+        .owns(children::<StatefulSet>(&client, &namespace), owned.clone())
+        .owns(children::<Deployment>(&client, &namespace), owned.clone())
+        .owns(children::<Service>(&client, &namespace), owned.clone())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile stream");
+            }
+        })
+        .await;
+}
+
+fn error_policy(pipeline: Arc<Pipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile("error");
+    tracing::warn!(pipeline = %pipeline.name_any(), namespace = ?pipeline.namespace(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object))
+        .await
+        .map_err(kube_err(format!("applying {} {name}", K::kind(&()))))
+}
+
+async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pipeline.namespace().unwrap_or_default();
+    let name = pipeline.name_any();
+    let client = &ctx.client;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns);
+    let mut observed = Observed { generation: pipeline.metadata.generation, ..Observed::default() };
+    let plan = match render::plan(&pipeline, &ctx.image) {
+        Ok(plan) => plan,
+        Err(e) => {
+            observed.invalid = Some((e.sql, e.to_string()));
+            let already = pipeline.status.as_ref().is_some_and(|s| {
+                s.observed_generation == observed.generation && s.phase == Some(sluice_crds::pipeline::Phase::Failed)
+            });
+            if !already {
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: if e.sql { "InvalidSql" } else { "InvalidSpec" }.into(),
+                    note: Some(e.to_string()),
+                    action: "Validate".into(),
+                    secondary: None,
+                };
+                if let Err(err) = ctx.recorder.publish(&event, &pipeline.object_ref(&())).await {
+                    tracing::warn!(error = %err, "publishing an Event");
+                }
+            }
+            write_status(&pipelines, &pipeline, &observed).await?;
+            ctx.metrics.reconcile("invalid");
+            // Nothing to retry until the spec changes; what runs is left as it was.
+            return Ok(Action::await_change());
+        }
+    };
+    let children = render::render(&plan);
+    observed.queries = plan.queries.clone();
+    let mut requeue = Duration::from_secs(60);
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let rescale = match (&children.processor, plan.processor.as_ref()) {
+        (Some(_), Some(p)) => {
+            let current = statefulsets
+                .get_opt(&names::processor(&name))
+                .await
+                .map_err(kube_err("reading the processor StatefulSet"))?
+                .and_then(|s| s.spec.replicas);
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=processor");
+            let alive = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(kube_err("listing processor pods"))?
+                .items
+                .len();
+            status::rescale(current, p.replicas, alive)
+        }
+        _ => Rescale::Apply,
+    };
+
+    apply(&Api::<ServiceAccount>::namespaced(client.clone(), &ns), &children.service_account).await?;
+    match rescale {
+        Rescale::Apply => {
+            apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &children.config_map).await?;
+        }
+        Rescale::ScaleToZero => {
+            tracing::info!(pipeline = %name, "processor replicas change: scaling to zero first");
+            let patch = serde_json::json!({"spec": {"replicas": 0}});
+            statefulsets
+                .patch_scale(&names::processor(&name), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(kube_err("scaling the processor to zero"))?;
+            requeue = Duration::from_secs(2);
+        }
+        Rescale::WaitForPods => requeue = Duration::from_secs(2),
+    }
+    observed.processor = match (&children.processor, plan.processor.as_ref()) {
+        (Some(p), Some(spec)) if rescale == Rescale::Apply => {
+            let s = apply(&statefulsets, &p.stateful_set).await?;
+            let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+            apply(&services, &p.headless).await?;
+            apply(&services, &p.client).await?;
+            apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &p.disruption_budget).await?;
+            let ready = s.status.as_ref().and_then(|st| st.ready_replicas).unwrap_or(0);
+            Some((spec.replicas, ready, false))
+        }
+        (Some(_), Some(spec)) => Some((spec.replicas, 0, true)),
+        _ => None,
+    };
+    if rescale == Rescale::Apply {
+        apply_functions(client, &ns, &children, &mut observed).await?;
+        prune(client, &ns, &name, &children).await?;
+    }
+    write_status(&pipelines, &pipeline, &observed).await?;
+    ctx.metrics.reconcile("ok");
+    Ok(Action::requeue(requeue))
+}
+
+async fn apply_functions(client: &Client, ns: &str, children: &Children, observed: &mut Observed) -> Result<(), Error> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    for f in &children.functions {
+        let d = apply(&deployments, &f.deployment).await?;
+        apply(&services, &f.service).await?;
+        let st = d.status.as_ref();
+        observed.functions.push((
+            f.function.clone(),
+            st.and_then(|s| s.replicas).unwrap_or(0),
+            st.and_then(|s| s.ready_replicas).unwrap_or(0),
+            d.spec.replicas.unwrap_or(0),
+        ));
+    }
+    Ok(())
+}
+
+/// Delete the children this Pipeline owns that its spec no longer asks for: the Deployments and
+/// Services of removed functions, and the processor's objects when the SQL is gone.
+async fn prune(client: &Client, ns: &str, pipeline: &str, children: &Children) -> Result<(), Error> {
+    let owned = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "Pipeline" && o.name == pipeline && o.controller == Some(true))
+    };
+    let keep: Vec<String> = children.functions.iter().map(|f| names::function(pipeline, &f.function)).collect();
+    let selector = format!(
+        "app.kubernetes.io/instance={pipeline},app.kubernetes.io/component=function,app.kubernetes.io/managed-by={MANAGER}"
+    );
+    let lp = ListParams::default().labels(&selector);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for d in deployments.list(&lp).await.map_err(kube_err("listing function Deployments"))?.items {
+        let name = d.name_any();
+        if owned(&d.metadata) && !keep.contains(&name) {
+            tracing::info!(deployment = %name, "deleting the Deployment of a removed function");
+            deployments
+                .delete(&name, &DeleteParams::background())
+                .await
+                .map_err(kube_err(format!("deleting {name}")))?;
+        }
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    for s in services.list(&lp).await.map_err(kube_err("listing function Services"))?.items {
+        let name = s.name_any();
+        if owned(&s.metadata) && !keep.contains(&name) {
+            services.delete(&name, &DeleteParams::background()).await.map_err(kube_err(format!("deleting {name}")))?;
+        }
+    }
+    if children.processor.is_none() {
+        let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+        let processor = names::processor(pipeline);
+        if let Some(s) = statefulsets.get_opt(&processor).await.map_err(kube_err("reading the processor"))?
+            && owned(&s.metadata)
+        {
+            statefulsets
+                .delete(&processor, &DeleteParams::background())
+                .await
+                .map_err(kube_err("deleting the processor"))?;
+        }
+        for service in [processor.clone(), names::headless(pipeline)] {
+            if let Some(s) = services.get_opt(&service).await.map_err(kube_err("reading a processor Service"))?
+                && owned(&s.metadata)
+            {
+                services.delete(&service, &DeleteParams::background()).await.map_err(kube_err("deleting a Service"))?;
+            }
+        }
+        if let Some(p) = pdbs.get_opt(&processor).await.map_err(kube_err("reading the PDB"))?
+            && owned(&p.metadata)
+        {
+            pdbs.delete(&processor, &DeleteParams::background()).await.map_err(kube_err("deleting the PDB"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_status(api: &Api<Pipeline>, pipeline: &Pipeline, observed: &Observed) -> Result<(), Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let next = status::status(pipeline.status.as_ref(), observed, now);
+    if pipeline.status.as_ref() == Some(&next) {
+        return Ok(()); // unchanged: no write
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "Pipeline",
+        "status": next,
+    });
+    api.patch_status(&pipeline.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("writing status"))?;
+    Ok(())
+}

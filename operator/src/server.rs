@@ -1,0 +1,74 @@
+//! The operator's `/metrics`, `/healthz` and `/readyz` (port 8080).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+/// The result label of the reconcile counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok`, `invalid` (the spec or SQL is wrong) or `error` (an API call failed).
+    pub result: String,
+}
+
+/// The operator's metrics and readiness.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabel, Counter>,
+    /// Set once the controller runs.
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    /// Registered under `sluice_operator_*`.
+    pub fn new() -> Arc<Metrics> {
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let mut registry = Registry::with_prefix("sluice_operator");
+        registry.register("reconciles", "Reconciles of Pipelines by result", reconciles.clone());
+        Arc::new(Metrics { registry, reconciles, ready: AtomicBool::new(false) })
+    }
+
+    /// Count a reconcile.
+    pub fn reconcile(&self, result: &str) {
+        self.reconciles.get_or_create(&ResultLabel { result: result.into() }).inc();
+    }
+}
+
+/// The routes.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render))
+        .with_state(metrics)
+}
+
+async fn readyz(State(m): State<Arc<Metrics>>) -> Response {
+    if m.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+async fn render(State(m): State<Arc<Metrics>>) -> Response {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &m.registry).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}

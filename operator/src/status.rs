@@ -1,0 +1,224 @@
+//! The Pipeline's status, and the processor's stop-the-world rescale, as pure decisions the
+//! controller applies.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use sluice_crds::pipeline::{FunctionStatus, Phase, PipelineStatus, ProcessorStatus, QueryStatus};
+
+/// What the controller observed of the children.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// `metadata.generation` of the Pipeline reconciled.
+    pub generation: Option<i64>,
+    /// The plan failed: (the SQL is at fault, message).
+    pub invalid: Option<(bool, String)>,
+    /// The processor: desired replicas, ready replicas, and whether a rescale is running.
+    pub processor: Option<(i32, i32, bool)>,
+    /// Persistent queries (id, sink).
+    pub queries: Vec<(String, String)>,
+    /// Per function: name, replicas, ready replicas, desired replicas.
+    pub functions: Vec<(String, i32, i32, i32)>,
+}
+
+/// The next status, keeping each condition's `lastTransitionTime` (and the previous functions'
+/// scaling fields) when nothing about it changed.
+pub fn status(previous: Option<&PipelineStatus>, observed: &Observed, now: Time) -> PipelineStatus {
+    let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" }.to_string();
+        let since = previous_conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: observed.generation,
+        }
+    };
+    let mut conditions = Vec::new();
+    if let Some((sql, message)) = &observed.invalid {
+        if *sql {
+            conditions.push(condition("SqlValid", false, "InvalidSql", message.clone()));
+        }
+        conditions.push(condition("Ready", false, if *sql { "InvalidSql" } else { "InvalidSpec" }, message.clone()));
+        // What runs keeps running as it was: report it, but the phase is Failed.
+        let mut s = previous.cloned().unwrap_or_default();
+        s.observed_generation = observed.generation;
+        s.phase = Some(Phase::Failed);
+        let kept: Vec<Condition> =
+            s.conditions.into_iter().filter(|c| !matches!(c.type_.as_str(), "SqlValid" | "Ready")).collect();
+        s.conditions = conditions.into_iter().chain(kept).collect();
+        return s;
+    }
+    conditions.push(condition("SqlValid", true, "Valid", String::new()));
+    let processor_ready = match observed.processor {
+        Some((_, _, true)) => {
+            conditions.push(condition(
+                "ProcessorReady",
+                false,
+                "Rescaling",
+                "stop-the-world rescale: scaling to zero before the new replica count".into(),
+            ));
+            false
+        }
+        Some((want, ready, false)) => {
+            let ok = ready >= want;
+            conditions.push(condition(
+                "ProcessorReady",
+                ok,
+                if ok { "Ready" } else { "NotReady" },
+                format!("{ready}/{want} ready"),
+            ));
+            ok
+        }
+        None => true,
+    };
+    let waiting: Vec<&str> = observed
+        .functions
+        .iter()
+        .filter(|(_, replicas, ready, _)| ready < replicas)
+        .map(|(n, ..)| n.as_str())
+        .collect();
+    let functions_ready = waiting.is_empty();
+    conditions.push(condition(
+        "FunctionsReady",
+        functions_ready,
+        if functions_ready { "Ready" } else { "NotReady" },
+        if functions_ready { String::new() } else { format!("not ready: {}", waiting.join(", ")) },
+    ));
+    let ready = processor_ready && functions_ready;
+    conditions.push(condition("Ready", ready, if ready { "Ready" } else { "NotReady" }, String::new()));
+    let ever_ready = previous.and_then(|p| p.phase).is_some_and(|p| matches!(p, Phase::Running | Phase::Degraded));
+    let phase = match (ready, ever_ready) {
+        (true, _) => Phase::Running,
+        (false, true) => Phase::Degraded,
+        (false, false) => Phase::Pending,
+    };
+    let previous_functions = previous.map(|p| p.functions.as_slice()).unwrap_or_default();
+    let functions: Vec<FunctionStatus> = observed
+        .functions
+        .iter()
+        .map(|(name, replicas, _, desired)| {
+            let old = previous_functions.iter().find(|f| f.name == *name);
+            FunctionStatus {
+                name: name.clone(),
+                replicas: *replicas,
+                desired_replicas: *desired,
+                lag: old.and_then(|f| f.lag),
+                partitions: old.and_then(|f| f.partitions),
+                last_scale: old.and_then(|f| f.last_scale.clone()),
+            }
+        })
+        .collect();
+    let processor = observed.processor.map(|(want, ready, _)| ProcessorStatus {
+        replicas: want,
+        ready_replicas: ready,
+        queries: observed
+            .queries
+            .iter()
+            .map(|(id, sink)| QueryStatus { id: id.clone(), sink: sink.clone(), state: "RUNNING".into() })
+            .collect(),
+    });
+    let mut summary = Vec::new();
+    if let Some((want, ready, _)) = observed.processor {
+        summary.push(format!("processor {ready}/{want}"));
+    }
+    if !functions.is_empty() {
+        summary.push(format!("functions {}", functions.iter().map(|f| f.replicas).sum::<i32>()));
+    }
+    let lag = functions.iter().filter_map(|f| f.lag).reduce(|a, b| a + b);
+    PipelineStatus {
+        observed_generation: observed.generation,
+        phase: Some(phase),
+        conditions,
+        processor,
+        functions,
+        lag,
+        replicas: Some(summary.join(", ")),
+    }
+}
+
+/// One step of applying the processor's replica count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rescale {
+    /// Apply the StatefulSet as rendered (no change of count, or nothing runs).
+    Apply,
+    /// The count changes while pods run: scale to zero first (and apply nothing else of the
+    /// processor, so that no pod of the old count restarts with the new config).
+    ScaleToZero,
+    /// Scaled to zero; pods of the old count still exist: wait.
+    WaitForPods,
+}
+
+/// What to do with the processor's StatefulSet. `current` is the StatefulSet's `spec.replicas`
+/// (None when it does not exist), `pods` the processor pods that still exist.
+///
+/// Pod N of R owns partitions `p mod R == N`: with two counts alive at once two pods would own
+/// one partition, so a change of R goes through zero.
+pub fn rescale(current: Option<i32>, desired: i32, pods: usize) -> Rescale {
+    match current {
+        None => Rescale::Apply,
+        Some(c) if c == desired && (c != 0 || pods == 0) => Rescale::Apply,
+        Some(0) if pods > 0 => Rescale::WaitForPods,
+        Some(0) => Rescale::Apply,
+        Some(_) => Rescale::ScaleToZero,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn invalid_sql_fails_and_keeps_what_runs() {
+        let running = status(
+            None,
+            &Observed { generation: Some(1), processor: Some((1, 1, false)), ..Observed::default() },
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(running.phase, Some(Phase::Running));
+        let failed = status(
+            Some(&running),
+            &Observed { generation: Some(2), invalid: Some((true, "line 2:8: boom".into())), ..Observed::default() },
+            t("2026-01-01T00:01:00Z"),
+        );
+        assert_eq!(failed.phase, Some(Phase::Failed));
+        assert_eq!(failed.observed_generation, Some(2));
+        let sql = failed.conditions.iter().find(|c| c.type_ == "SqlValid").unwrap();
+        assert_eq!((sql.status.as_str(), sql.message.as_str()), ("False", "line 2:8: boom"));
+        assert_eq!(failed.processor, running.processor, "the running processor is still reported");
+    }
+
+    #[test]
+    fn transition_times_move_only_on_change() {
+        let o = Observed { generation: Some(1), processor: Some((2, 1, false)), ..Observed::default() };
+        let a = status(None, &o, t("2026-01-01T00:00:00Z"));
+        assert_eq!(a.phase, Some(Phase::Pending));
+        let b = status(Some(&a), &o, t("2026-01-01T00:05:00Z"));
+        assert_eq!(a, b, "same observation, same status: no write");
+        let ready = Observed { processor: Some((2, 2, false)), ..o.clone() };
+        let c = status(Some(&b), &ready, t("2026-01-01T00:06:00Z"));
+        let cond = |s: &PipelineStatus, ty: &str| s.conditions.iter().find(|c| c.type_ == ty).unwrap().clone();
+        assert_eq!(cond(&c, "ProcessorReady").last_transition_time, t("2026-01-01T00:06:00Z"));
+        assert_eq!(cond(&c, "SqlValid").last_transition_time, t("2026-01-01T00:00:00Z"));
+        assert_eq!(c.phase, Some(Phase::Running));
+        let d = status(Some(&c), &o, t("2026-01-01T00:07:00Z"));
+        assert_eq!(d.phase, Some(Phase::Degraded), "not ready after having run");
+    }
+
+    #[test]
+    fn a_rescale_goes_through_zero() {
+        assert_eq!(rescale(None, 3, 0), Rescale::Apply);
+        assert_eq!(rescale(Some(2), 2, 2), Rescale::Apply);
+        assert_eq!(rescale(Some(2), 3, 2), Rescale::ScaleToZero);
+        assert_eq!(rescale(Some(0), 3, 2), Rescale::WaitForPods);
+        assert_eq!(rescale(Some(0), 3, 0), Rescale::Apply);
+    }
+}

@@ -1,0 +1,188 @@
+//! `sluice-operator run` against the real kube-apiserver: the example Pipeline's children appear
+//! with the Pipeline as owner; a SQL change rolls the processor's template (and only its); a
+//! removed function's Deployment is deleted; bad SQL gives `SqlValid=False`, a Warning Event and
+//! leaves the children as they were; a restarted operator makes no duplicates and loses no status.
+
+use std::{process::Command, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{ConfigMap, Event, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use sluice_crds::Pipeline;
+use sluice_tests::{Service as Child, free_port, kube_client, kubeconfig_path, repo_root, wait_for};
+
+const HASH: &str = "sluice.dev/config-hash";
+
+fn operator(kubeconfig: &str, ns: &str) -> Child {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-operator"));
+    command
+        .args(["run", "--namespace", ns, "--listen", &format!("127.0.0.1:{port}"), "--image", "sluice:test"])
+        .env("KUBECONFIG", kubeconfig);
+    Child::start(command, port, "/readyz")
+}
+
+fn example(ns: &str) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(repo_root().join("examples/stocktrade/pipeline.yaml"))?;
+    let mut v: Value = serde_norway::from_str(&text)?;
+    v["metadata"]["namespace"] = json!(ns);
+    Ok(v)
+}
+
+async fn apply(client: &Client, ns: &str, object: &Value) -> anyhow::Result<Pipeline> {
+    let api: Api<Pipeline> = Api::namespaced(client.clone(), ns);
+    Ok(api.patch("trades", &PatchParams::apply("sluice-tests").force(), &Patch::Apply(object)).await?)
+}
+
+fn template_hash(s: &StatefulSet) -> String {
+    s.spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(HASH))
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn condition(api: &Api<Pipeline>, type_: &str) -> anyhow::Result<Option<(String, String, Option<i64>)>> {
+    let p = api.get("trades").await?;
+    let generation = p.metadata.generation;
+    Ok(p.status.and_then(|s| {
+        (s.observed_generation == generation)
+            .then(|| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == type_)
+                    .map(|c| (c.status, c.message, c.observed_generation))
+            })
+            .flatten()
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
+    let Some(path) = kubeconfig_path() else { return Ok(()) };
+    let client = kube_client(&path).await?;
+    sluice_tests::install_crd(&client).await?;
+    let ns = sluice_tests::create_namespace(&client).await?;
+    let (p, n) = (path.clone(), ns.clone());
+    let op = tokio::task::spawn_blocking(move || operator(&p, &n)).await?;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns);
+    let created = apply(&client, &ns, &example(&ns)?).await?;
+    let uid = created.uid().unwrap_or_default();
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let sts = wait_for("the processor StatefulSet", Duration::from_secs(60), || {
+        let s = statefulsets.clone();
+        async move { Ok(s.get_opt("trades-processor").await?) }
+    })
+    .await?;
+    let owner = &sts.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Pipeline", uid.as_str(), Some(true)));
+    let deployment = wait_for("the function Deployment", Duration::from_secs(60), || {
+        let d = deployments.clone();
+        async move { Ok(d.get_opt("trades-fn-settle").await?) }
+    })
+    .await?;
+    assert_eq!(deployment.owner_references()[0].uid, uid);
+    let containers: Vec<String> =
+        deployment.spec.template.spec.as_ref().unwrap().containers.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(containers, ["runner", "function"]);
+    for name in ["trades-processor", "trades-processor-peers", "trades-fn-settle"] {
+        let s = services.get(name).await?;
+        assert_eq!(s.owner_references()[0].uid, uid, "{name}");
+    }
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("trades-sluice-config").await?;
+    let data = cm.data.unwrap_or_default();
+    assert!(data["processor.yaml"].contains(&format!("applicationId: {ns}.trades")), "{data:?}");
+    assert!(data.contains_key("function-settle.yaml"));
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns).get("trades-processor").await?;
+    wait_for("SqlValid=True in status", Duration::from_secs(60), || {
+        let api = pipelines.clone();
+        async move { Ok(condition(&api, "SqlValid").await?.filter(|c| c.0 == "True")) }
+    })
+    .await?;
+    let status = pipelines.get("trades").await?.status.expect("status");
+    assert_eq!(status.processor.as_ref().map(|p| p.queries.len()), Some(5), "{status:?}");
+
+    // A restarted operator: no duplicate, nothing rewritten that did not change.
+    let before = statefulsets.get("trades-processor").await?.resource_version();
+    tokio::task::spawn_blocking(move || op.terminate()).await?;
+    let (p, n) = (path.clone(), ns.clone());
+    let op = tokio::task::spawn_blocking(move || operator(&p, &n)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a fixed settle is the point here: nothing may happen
+    assert_eq!(
+        statefulsets.get("trades-processor").await?.resource_version(),
+        before,
+        "an unchanged Pipeline causes no writes"
+    );
+    assert_eq!(deployments.list(&ListParams::default()).await?.items.len(), 1);
+
+    // Change the SQL: the processor's template hash changes, the function's does not.
+    let old_hash = template_hash(&sts);
+    let fn_hash = deployment.spec.template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    let mut changed = example(&ns)?;
+    let sql = changed["spec"]["processor"]["sql"].as_str().unwrap_or_default().to_owned();
+    changed["spec"]["processor"]["sql"] = json!(format!("{sql}\n-- one more line\n"));
+    apply(&client, &ns, &changed).await?;
+    let sts = wait_for("a new template hash", Duration::from_secs(60), || {
+        let (s, old) = (statefulsets.clone(), old_hash.clone());
+        async move { Ok(s.get_opt("trades-processor").await?.filter(|s| template_hash(s) != old)) }
+    })
+    .await?;
+    let d = deployments.get("trades-fn-settle").await?;
+    assert_eq!(d.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(), fn_hash);
+
+    // Bad SQL: condition, Event, children unchanged.
+    let mut bad = changed.clone();
+    bad["spec"]["processor"]["sql"] = json!(format!("{sql}\nCREATE STREAM X AS SELECT nope FROM STOCKTRADE;\n"));
+    apply(&client, &ns, &bad).await?;
+    let (_, message, _) = wait_for("SqlValid=False", Duration::from_secs(60), || {
+        let api = pipelines.clone();
+        async move { Ok(condition(&api, "SqlValid").await?.filter(|c| c.0 == "False")) }
+    })
+    .await?;
+    assert!(message.contains("line "), "the message names the SQL line: {message}");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    wait_for("a Warning Event", Duration::from_secs(30), || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("InvalidSql")))
+        }
+    })
+    .await?;
+    assert_eq!(
+        template_hash(&statefulsets.get("trades-processor").await?),
+        template_hash(&sts),
+        "children left as they were"
+    );
+    assert_eq!(pipelines.get("trades").await?.status.and_then(|s| s.phase), Some(sluice_crds::pipeline::Phase::Failed));
+
+    // Remove the function: its Deployment and Service go.
+    let mut no_function = changed.clone();
+    no_function["spec"]["functions"] = json!([]);
+    apply(&client, &ns, &no_function).await?;
+    wait_for("the removed function's Deployment to be deleted", Duration::from_secs(60), || {
+        let d = deployments.clone();
+        async move { Ok(d.get_opt("trades-fn-settle").await?.is_none().then_some(())) }
+    })
+    .await?;
+    assert!(services.get_opt("trades-fn-settle").await?.is_none());
+    let status = tokio::task::spawn_blocking(move || op.terminate()).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
