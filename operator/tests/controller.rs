@@ -186,3 +186,86 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+/// No controllers run in the test apiserver, so the test plays the StatefulSet controller: it
+/// creates the pods a StatefulSet of 2 would have, then deletes them once the operator scaled it
+/// to zero — and checks that 3 is applied only after that, with the new config.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_change_rescales_through_zero() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let Some(path) = kubeconfig_path() else { return Ok(()) };
+    let client = kube_client(&path).await?;
+    sluice_tests::install_crd(&client).await?;
+    let ns = sluice_tests::create_namespace(&client).await?;
+    let (p, n) = (path.clone(), ns.clone());
+    let op = tokio::task::spawn_blocking(move || operator(&p, &n)).await?;
+    let mut pipeline = example(&ns)?;
+    pipeline["spec"]["functions"] = json!([]);
+    pipeline["spec"]["processor"]["replicas"] = json!(2);
+    apply(&client, &ns, &pipeline).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let replicas = |s: &StatefulSet| s.spec.replicas.unwrap_or(-1);
+    let config_replicas = |c: &ConfigMap| {
+        let text = c.data.as_ref().and_then(|d| d.get("processor.yaml")).cloned().unwrap_or_default();
+        let v: Value = serde_norway::from_str(&text).unwrap_or(Value::Null);
+        v["replicas"].as_i64().unwrap_or(-1)
+    };
+    let sts = wait_for("the StatefulSet of 2", Duration::from_secs(60), || {
+        let s = statefulsets.clone();
+        async move { Ok(s.get_opt("trades-processor").await?.filter(|s| s.spec.replicas == Some(2))) }
+    })
+    .await?;
+    // Play the StatefulSet controller: two pods, ready.
+    let labels = sts.spec.selector.match_labels.clone().unwrap_or_default();
+    for i in 0..2 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("trades-processor-{i}"), "labels": labels},
+            "spec": {"containers": [{"name": "processor", "image": "sluice:test"}]},
+        }))?;
+        pods.create(&Default::default(), &pod).await?;
+    }
+    statefulsets
+        .patch_status(
+            "trades-processor",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 2, "readyReplicas": 2}})),
+        )
+        .await?;
+
+    pipeline["spec"]["processor"]["replicas"] = json!(3);
+    apply(&client, &ns, &pipeline).await?;
+    wait_for("the StatefulSet scaled to zero", Duration::from_secs(60), || {
+        let s = statefulsets.clone();
+        async move { Ok(s.get_opt("trades-processor").await?.filter(|s| s.spec.replicas == Some(0))) }
+    })
+    .await?;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns);
+    wait_for("ProcessorReady=False, Rescaling", Duration::from_secs(30), || {
+        let api = pipelines.clone();
+        async move {
+            let p = api.get("trades").await?;
+            Ok(p.status.and_then(|s| {
+                s.conditions.into_iter().find(|c| c.type_ == "ProcessorReady" && c.reason == "Rescaling")
+            }))
+        }
+    })
+    .await?;
+    // While the old pods exist: still zero, and the old config.
+    tokio::time::sleep(Duration::from_secs(5)).await; // several 2 s polls of the operator must change nothing
+    assert_eq!(replicas(&statefulsets.get("trades-processor").await?), 0, "never the new count while old pods exist");
+    assert_eq!(config_replicas(&configs.get("trades-sluice-config").await?), 2, "the old pods' config stays");
+    for i in 0..2 {
+        pods.delete(&format!("trades-processor-{i}"), &Default::default()).await?;
+    }
+    wait_for("the StatefulSet of 3", Duration::from_secs(60), || {
+        let s = statefulsets.clone();
+        async move { Ok(s.get_opt("trades-processor").await?.filter(|s| s.spec.replicas == Some(3))) }
+    })
+    .await?;
+    assert_eq!(config_replicas(&configs.get("trades-sluice-config").await?), 3);
+    let status = tokio::task::spawn_blocking(move || op.terminate()).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
