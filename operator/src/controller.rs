@@ -62,6 +62,8 @@ pub struct Context {
     pub image: String,
     /// Reconciles by result, for `/metrics`.
     pub metrics: Arc<crate::server::Metrics>,
+    /// What the autoscaler loop saw, for status.
+    pub scalers: Arc<crate::scaler::Scalers>,
 }
 
 /// Run the controller until `shutdown` resolves. `namespace`: watch one namespace, else all.
@@ -86,10 +88,20 @@ pub async fn run(
         }
     }
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let context =
-        Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client: client.clone(), image, metrics });
+    let recorder = Recorder::new(client.clone(), reporter);
+    let scalers = Arc::new(crate::scaler::Scalers::default());
+    let context = Arc::new(Context {
+        recorder: recorder.clone(),
+        client: client.clone(),
+        image,
+        metrics: metrics.clone(),
+        scalers: scalers.clone(),
+    });
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
-    Controller::new(api(&client), watcher::Config::default())
+    let controller = Controller::new(api(&client), watcher::Config::default());
+    // The autoscaler reads the Pipelines from the controller's cache.
+    let scaling = tokio::spawn(crate::scaler::run(client.clone(), controller.store(), scalers, recorder, metrics));
+    controller
         .owns(children::<ConfigMap>(&client, &namespace), owned.clone())
         .owns(children::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(children::<Deployment>(&client, &namespace), owned.clone())
@@ -102,6 +114,7 @@ pub async fn run(
             }
         })
         .await;
+    scaling.abort();
 }
 
 fn error_policy(pipeline: Arc<Pipeline>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -206,7 +219,7 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action,
         _ => None,
     };
     if rescale == Rescale::Apply {
-        apply_functions(client, &ns, &children, &mut observed).await?;
+        apply_functions(client, &ns, &name, &children, &ctx.scalers, &mut observed).await?;
         prune(client, &ns, &name, &children).await?;
     }
     write_status(&pipelines, &pipeline, &observed).await?;
@@ -214,19 +227,30 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action,
     Ok(Action::requeue(requeue))
 }
 
-async fn apply_functions(client: &Client, ns: &str, children: &Children, observed: &mut Observed) -> Result<(), Error> {
+async fn apply_functions(
+    client: &Client,
+    ns: &str,
+    pipeline: &str,
+    children: &Children,
+    scalers: &crate::scaler::Scalers,
+    observed: &mut Observed,
+) -> Result<(), Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     for f in &children.functions {
         let d = apply(&deployments, &f.deployment).await?;
         apply(&services, &f.service).await?;
         let st = d.status.as_ref();
-        observed.functions.push((
-            f.function.clone(),
-            st.and_then(|s| s.replicas).unwrap_or(0),
-            st.and_then(|s| s.ready_replicas).unwrap_or(0),
-            d.spec.replicas.unwrap_or(0),
-        ));
+        let seen = scalers.observation(ns, pipeline, &f.function).unwrap_or_default();
+        observed.functions.push(status::FunctionObserved {
+            name: f.function.clone(),
+            replicas: st.and_then(|s| s.replicas).unwrap_or(0),
+            ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+            desired: seen.desired.or(d.spec.replicas).unwrap_or(0),
+            lag: seen.lag,
+            partitions: seen.partitions,
+            last_scale: seen.last_scale,
+        });
     }
     Ok(())
 }

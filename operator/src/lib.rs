@@ -5,5 +5,6 @@
 pub mod autoscale;
 pub mod controller;
 pub mod render;
+pub mod scaler;
 pub mod server;
 pub mod status;

@@ -14,7 +14,7 @@ use axum::{
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -25,10 +25,23 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Labels of the replica gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabel {
+    /// The Pipeline's namespace.
+    pub namespace: String,
+    /// The Pipeline.
+    pub pipeline: String,
+    /// The function.
+    pub function: String,
+}
+
 /// The operator's metrics and readiness.
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
+    current: Family<FunctionLabel, Gauge>,
+    desired: Family<FunctionLabel, Gauge>,
     /// Set once the controller runs.
     pub ready: AtomicBool,
 }
@@ -37,9 +50,19 @@ impl Metrics {
     /// Registered under `sluice_operator_*`.
     pub fn new() -> Arc<Metrics> {
         let reconciles = Family::<ResultLabel, Counter>::default();
+        let (current, desired) = (Family::<FunctionLabel, Gauge>::default(), Family::<FunctionLabel, Gauge>::default());
         let mut registry = Registry::with_prefix("sluice_operator");
         registry.register("reconciles", "Reconciles of Pipelines by result", reconciles.clone());
-        Arc::new(Metrics { registry, reconciles, ready: AtomicBool::new(false) })
+        registry.register("function_replicas", "Replicas of each function's runner Deployment", current.clone());
+        registry.register("function_desired_replicas", "Replicas the autoscaler asks for", desired.clone());
+        Arc::new(Metrics { registry, reconciles, current, desired, ready: AtomicBool::new(false) })
+    }
+
+    /// Record a function's current and desired replicas.
+    pub fn replicas(&self, namespace: &str, pipeline: &str, function: &str, current: i32, desired: i32) {
+        let label = FunctionLabel { namespace: namespace.into(), pipeline: pipeline.into(), function: function.into() };
+        self.current.get_or_create(&label).set(i64::from(current));
+        self.desired.get_or_create(&label).set(i64::from(desired));
     }
 
     /// Count a reconcile.

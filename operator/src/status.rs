@@ -2,7 +2,26 @@
 //! controller applies.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use sluice_crds::pipeline::{FunctionStatus, Phase, PipelineStatus, ProcessorStatus, QueryStatus};
+use sluice_crds::pipeline::{FunctionStatus, Phase, PipelineStatus, ProcessorStatus, QueryStatus, ScaleEvent};
+
+/// What was observed of one function.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FunctionObserved {
+    /// The function's name.
+    pub name: String,
+    /// Replicas of its Deployment.
+    pub replicas: i32,
+    /// Of those, ready.
+    pub ready: i32,
+    /// What the autoscaler asks for (the Deployment's spec until it has decided).
+    pub desired: i32,
+    /// Lag at the autoscaler's last reading.
+    pub lag: Option<i64>,
+    /// Partitions of the source.
+    pub partitions: Option<i32>,
+    /// The last change of replicas.
+    pub last_scale: Option<ScaleEvent>,
+}
 
 /// What the controller observed of the children.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -15,12 +34,11 @@ pub struct Observed {
     pub processor: Option<(i32, i32, bool)>,
     /// Persistent queries (id, sink).
     pub queries: Vec<(String, String)>,
-    /// Per function: name, replicas, ready replicas, desired replicas.
-    pub functions: Vec<(String, i32, i32, i32)>,
+    /// Per function.
+    pub functions: Vec<FunctionObserved>,
 }
 
-/// The next status, keeping each condition's `lastTransitionTime` (and the previous functions'
-/// scaling fields) when nothing about it changed.
+/// The next status, keeping each condition's `lastTransitionTime` when nothing about it changed.
 pub fn status(previous: Option<&PipelineStatus>, observed: &Observed, now: Time) -> PipelineStatus {
     let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
     let condition = |type_: &str, ok: bool, reason: &str, message: String| {
@@ -76,12 +94,8 @@ pub fn status(previous: Option<&PipelineStatus>, observed: &Observed, now: Time)
         }
         None => true,
     };
-    let waiting: Vec<&str> = observed
-        .functions
-        .iter()
-        .filter(|(_, replicas, ready, _)| ready < replicas)
-        .map(|(n, ..)| n.as_str())
-        .collect();
+    let waiting: Vec<&str> =
+        observed.functions.iter().filter(|f| f.ready < f.replicas).map(|f| f.name.as_str()).collect();
     let functions_ready = waiting.is_empty();
     conditions.push(condition(
         "FunctionsReady",
@@ -97,20 +111,16 @@ pub fn status(previous: Option<&PipelineStatus>, observed: &Observed, now: Time)
         (false, true) => Phase::Degraded,
         (false, false) => Phase::Pending,
     };
-    let previous_functions = previous.map(|p| p.functions.as_slice()).unwrap_or_default();
     let functions: Vec<FunctionStatus> = observed
         .functions
         .iter()
-        .map(|(name, replicas, _, desired)| {
-            let old = previous_functions.iter().find(|f| f.name == *name);
-            FunctionStatus {
-                name: name.clone(),
-                replicas: *replicas,
-                desired_replicas: *desired,
-                lag: old.and_then(|f| f.lag),
-                partitions: old.and_then(|f| f.partitions),
-                last_scale: old.and_then(|f| f.last_scale.clone()),
-            }
+        .map(|f| FunctionStatus {
+            name: f.name.clone(),
+            replicas: f.replicas,
+            desired_replicas: f.desired,
+            lag: f.lag,
+            partitions: f.partitions,
+            last_scale: f.last_scale.clone(),
         })
         .collect();
     let processor = observed.processor.map(|(want, ready, _)| ProcessorStatus {
