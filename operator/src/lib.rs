@@ -4,6 +4,7 @@
 
 pub mod autoscale;
 pub mod controller;
+pub mod leader;
 pub mod render;
 pub mod scaler;
 pub mod server;

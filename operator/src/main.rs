@@ -30,6 +30,10 @@ enum Command {
         /// Where `/metrics`, `/healthz` and `/readyz` are served.
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: String,
+        /// The namespace of the leader-election Lease (default: `$POD_NAMESPACE`, else the
+        /// watched namespace, else `default`).
+        #[arg(long)]
+        leader_election_namespace: Option<String>,
         /// The data-plane image for Pipelines that name none.
         #[arg(long, env = "SLUICE_IMAGE", default_value = concat!("ghcr.io/sluice-dev/sluice:", env!("CARGO_PKG_VERSION")))]
         image: String,
@@ -46,18 +50,20 @@ fn main() -> ExitCode {
             print!("{}", sluice_crds::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Run { namespace, listen, image } => match run(namespace, &listen, image) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                eprintln!("sluice-operator: {e:#}");
-                ExitCode::from(1)
+        Command::Run { namespace, listen, image, leader_election_namespace } => {
+            match run(namespace, &listen, image, leader_election_namespace) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("sluice-operator: {e:#}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }
     }
 }
 
-fn run(namespace: Option<String>, listen: &str, image: String) -> anyhow::Result<()> {
+fn run(namespace: Option<String>, listen: &str, image: String, lease_namespace: Option<String>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let client = kube::Client::try_default()
@@ -84,7 +90,51 @@ fn run(namespace: Option<String>, listen: &str, image: String) -> anyhow::Result
         });
         tracing::info!(?namespace, %image, "operator starting");
         metrics.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-        sluice_operator::controller::run(client, namespace, image, metrics, sluice_telemetry::stop_requested()).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            sluice_telemetry::stop_requested().await;
+            stopper.cancel();
+        });
+        // Only the holder of the Lease acts; another replica waits to take over.
+        let lease_namespace = lease_namespace
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
+            .or_else(|| namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let identity = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let elector = sluice_operator::leader::Elector::new(
+            client.clone(),
+            &lease_namespace,
+            "sluice-operator",
+            &identity,
+            std::time::Duration::from_secs(15),
+        );
+        let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+        let election = tokio::spawn(elector.run(leading_tx, stop.clone()));
+        tokio::select! {
+            _ = leading.wait_for(|l| *l) => {}
+            _ = stop.cancelled() => {}
+        }
+        if !stop.is_cancelled() {
+            metrics.set_leader(true);
+            let mut lost = leading.clone();
+            let stopped = stop.clone();
+            let shutdown = async move {
+                tokio::select! {
+                    _ = stopped.cancelled() => {}
+                    _ = lost.wait_for(|l| !*l) => {}
+                }
+            };
+            sluice_operator::controller::run(client, namespace, image, metrics.clone(), shutdown).await;
+            metrics.set_leader(false);
+        }
+        stop.cancel();
+        if !election.await.unwrap_or(false) {
+            anyhow::bail!("lost the leader Lease; restarting as a candidate");
+        }
         tracing::info!("operator stopped");
         Ok(())
     })

@@ -42,8 +42,9 @@ pub struct Metrics {
     reconciles: Family<ResultLabel, Counter>,
     current: Family<FunctionLabel, Gauge>,
     desired: Family<FunctionLabel, Gauge>,
-    /// Set once the controller runs.
+    /// Set once the operator has started (leading or standing by).
     pub ready: AtomicBool,
+    leader: Gauge,
 }
 
 impl Metrics {
@@ -55,7 +56,14 @@ impl Metrics {
         registry.register("reconciles", "Reconciles of Pipelines by result", reconciles.clone());
         registry.register("function_replicas", "Replicas of each function's runner Deployment", current.clone());
         registry.register("function_desired_replicas", "Replicas the autoscaler asks for", desired.clone());
-        Arc::new(Metrics { registry, reconciles, current, desired, ready: AtomicBool::new(false) })
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        Arc::new(Metrics { registry, reconciles, current, desired, ready: AtomicBool::new(false), leader })
+    }
+
+    /// Record whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Record a function's current and desired replicas.

@@ -269,3 +269,55 @@ async fn a_replica_change_rescales_through_zero() -> anyhow::Result<()> {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+fn leader_metric(port: u16) -> Option<f64> {
+    let (_, text) = sluice_tests::http(port, "GET", "/metrics", None)?;
+    text.lines().find(|l| l.starts_with("sluice_operator_leader "))?.rsplit(' ').next()?.parse().ok()
+}
+
+/// Two replicas: one leads (the other acts on nothing); when the leader stops it releases the
+/// Lease and the other takes over at once and reconciles.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_elect_one_leader_and_hand_over() -> anyhow::Result<()> {
+    let Some(path) = kubeconfig_path() else { return Ok(()) };
+    let client = kube_client(&path).await?;
+    sluice_tests::install_crd(&client).await?;
+    let ns = sluice_tests::create_namespace(&client).await?;
+    let start = |path: String, ns: String| {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-operator"));
+        command.args(["run", "--namespace", &ns, "--listen", &format!("127.0.0.1:{port}")]).env("KUBECONFIG", &path);
+        (Child::start(command, port, "/readyz"), port)
+    };
+    let (p, n) = (path.clone(), ns.clone());
+    let (a, a_port) = tokio::task::spawn_blocking(move || start(p, n)).await?;
+    wait_for("the first replica to lead", Duration::from_secs(30), || async move {
+        Ok((leader_metric(a_port) == Some(1.0)).then_some(()))
+    })
+    .await?;
+    let (p, n) = (path.clone(), ns.clone());
+    let (b, b_port) = tokio::task::spawn_blocking(move || start(p, n)).await?;
+    tokio::time::sleep(Duration::from_secs(6)).await; // more than one Lease round of the second replica
+    assert_eq!(leader_metric(b_port), Some(0.0), "the second replica stands by");
+    assert_eq!(leader_metric(a_port), Some(1.0));
+
+    let status = tokio::task::spawn_blocking(move || a.terminate()).await?;
+    assert!(status.success(), "{status}");
+    let handed_over = std::time::Instant::now();
+    wait_for("the second replica to lead", Duration::from_secs(30), || async move {
+        Ok((leader_metric(b_port) == Some(1.0)).then_some(()))
+    })
+    .await?;
+    assert!(handed_over.elapsed() < Duration::from_secs(10), "released, not expired: {:?}", handed_over.elapsed());
+    // The new leader reconciles.
+    apply(&client, &ns, &example(&ns)?).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    wait_for("the processor StatefulSet from the new leader", Duration::from_secs(60), || {
+        let s = statefulsets.clone();
+        async move { Ok(s.get_opt("trades-processor").await?) }
+    })
+    .await?;
+    let status = tokio::task::spawn_blocking(move || b.terminate()).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
