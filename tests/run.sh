@@ -59,6 +59,17 @@ phase "fetch Lambda runtime clients"
 lambda_env=$(tests/infra/lambda.sh fetch)
 eval "$lambda_env"
 
+phase "build helm"
+helm_env=$(tests/infra/helm.sh fetch)
+eval "$helm_env"
+
+phase "lint the Helm chart"
+cmp -s crds/pipelines.sluice.dev.yaml charts/sluice/files/pipelines.sluice.dev.yaml \
+  || { echo "charts/sluice/files/pipelines.sluice.dev.yaml differs from crds/: cp crds/pipelines.sluice.dev.yaml charts/sluice/files/" >&2; exit 1; }
+"$SLUICE_TEST_HELM" lint --strict charts/sluice
+"$SLUICE_TEST_HELM" template sluice charts/sluice >/dev/null
+"$SLUICE_TEST_HELM" template sluice charts/sluice --set 'watchNamespaces={a,b}' >/dev/null
+
 phase "check formatting"
 cargo fmt --all --check
 

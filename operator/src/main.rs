@@ -24,9 +24,9 @@ struct Cli {
 enum Command {
     /// Run the controller (in-cluster config, else KUBECONFIG).
     Run {
-        /// Watch only this namespace (default: all namespaces).
+        /// Watch only these namespaces (repeat the flag; default: all namespaces).
         #[arg(long)]
-        namespace: Option<String>,
+        namespace: Vec<String>,
         /// Where `/metrics`, `/healthz` and `/readyz` are served.
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: String,
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(namespace: Option<String>, listen: &str, image: String, lease_namespace: Option<String>) -> anyhow::Result<()> {
+fn run(namespaces: Vec<String>, listen: &str, image: String, lease_namespace: Option<String>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let client = kube::Client::try_default()
@@ -88,7 +88,7 @@ fn run(namespace: Option<String>, listen: &str, image: String, lease_namespace: 
                 tracing::error!(error = %e, "the HTTP server stopped");
             }
         });
-        tracing::info!(?namespace, %image, "operator starting");
+        tracing::info!(?namespaces, %image, "operator starting");
         metrics.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         let stop = tokio_util::sync::CancellationToken::new();
         let stopper = stop.clone();
@@ -99,7 +99,7 @@ fn run(namespace: Option<String>, listen: &str, image: String, lease_namespace: 
         // Only the holder of the Lease acts; another replica waits to take over.
         let lease_namespace = lease_namespace
             .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
-            .or_else(|| namespace.clone())
+            .or_else(|| namespaces.first().cloned())
             .unwrap_or_else(|| "default".into());
         let identity = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -128,7 +128,14 @@ fn run(namespace: Option<String>, listen: &str, image: String, lease_namespace: 
                     _ = lost.wait_for(|l| !*l) => {}
                 }
             };
-            sluice_operator::controller::run(client, namespace, image, metrics.clone(), shutdown).await;
+            // One controller per watched namespace (Roles only), or one for all namespaces.
+            let scopes: Vec<Option<String>> =
+                if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
+            let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+            let controllers = scopes.into_iter().map(|scope| {
+                sluice_operator::controller::run(client.clone(), scope, image.clone(), metrics.clone(), shutdown.clone())
+            });
+            futures::future::join_all(controllers).await;
             metrics.set_leader(false);
         }
         stop.cancel();

@@ -181,7 +181,11 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
         async move { Ok(d.get_opt("trades-fn-settle").await?.is_none().then_some(())) }
     })
     .await?;
-    assert!(services.get_opt("trades-fn-settle").await?.is_none());
+    wait_for("the removed function's Service to be deleted", Duration::from_secs(30), || {
+        let s = services.clone();
+        async move { Ok(s.get_opt("trades-fn-settle").await?.is_none().then_some(())) }
+    })
+    .await?;
     let status = tokio::task::spawn_blocking(move || op.terminate()).await?;
     assert!(status.success(), "{status}");
     Ok(())

@@ -38,6 +38,14 @@ pub fn awslambdaric() -> Option<String> {
     service("SLUICE_TEST_AWSLAMBDARIC", "eval \"$(tests/infra/lambda.sh fetch)\"")
 }
 
+/// The `helm` binary built by `tests/infra/helm.sh`, or `None` (after saying why) outside CI.
+///
+/// # Panics
+/// Under `CI=true` when `SLUICE_TEST_HELM` is not set.
+pub fn helm() -> Option<String> {
+    service("SLUICE_TEST_HELM", "eval \"$(tests/infra/helm.sh fetch)\"")
+}
+
 fn service(var: &str, how: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
