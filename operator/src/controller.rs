@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+        core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -99,6 +99,26 @@ pub async fn run(
     });
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
     let controller = Controller::new(api(&client), watcher::Config::default());
+    // A referenced Secret that appears or changes reconciles the Pipelines that use it (their pod
+    // templates carry its digest). Only Secrets' metadata is watched, never their data.
+    let pipelines = controller.store();
+    let secrets: Api<kube::core::PartialObjectMeta<Secret>> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = controller.watches(
+        secrets,
+        watcher::Config::default(),
+        move |secret: kube::core::PartialObjectMeta<Secret>| {
+            let (ns, name) = (secret.namespace(), secret.name_any());
+            pipelines
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && references(p, &name))
+                .map(|p| kube::runtime::reflector::ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        },
+    );
     // The autoscaler reads the Pipelines from the controller's cache.
     let scaling = tokio::spawn(crate::scaler::run(client.clone(), controller.store(), scalers, recorder, metrics));
     controller
@@ -115,6 +135,35 @@ pub async fn run(
         })
         .await;
     scaling.abort();
+}
+
+/// Whether a Pipeline reads the Secret `name`.
+fn references(p: &Pipeline, name: &str) -> bool {
+    let k = &p.spec.kafka;
+    k.sasl.as_ref().is_some_and(|s| s.secret_ref.name == name)
+        || k.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()).is_some_and(|r| r.name == name)
+}
+
+/// A digest of the referenced Secrets' data (`missing` for one that does not exist yet).
+async fn secrets_digest(client: &Client, ns: &str, names: &[String]) -> Result<String, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut parts = Vec::new();
+    for name in names {
+        let digest = match secrets.get_opt(name).await.map_err(kube_err(format!("reading Secret {name}")))? {
+            Some(s) => {
+                let data: Vec<String> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={}", render::hash(&[&String::from_utf8_lossy(&v.0)])))
+                    .collect();
+                render::hash(&data.iter().map(String::as_str).collect::<Vec<_>>())
+            }
+            None => "missing".into(),
+        };
+        parts.push(format!("{name}:{digest}"));
+    }
+    Ok(parts.join(","))
 }
 
 fn error_policy(pipeline: Arc<Pipeline>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -164,6 +213,8 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action,
             return Ok(Action::await_change());
         }
     };
+    let mut plan = plan;
+    plan.secrets_digest = secrets_digest(client, &ns, &plan.secret_names()).await?;
     let children = render::render(&plan);
     observed.queries = plan.queries.clone();
     let mut requeue = Duration::from_secs(60);

@@ -80,6 +80,20 @@ pub struct Plan {
     pub queries: Vec<(String, String)>,
     /// The functions.
     pub functions: Vec<FunctionSpec>,
+    /// A digest of the Secrets the pods read (set by the controller): part of the pod templates'
+    /// config hash, so that changed credentials roll the pods. Empty: none referenced.
+    pub secrets_digest: String,
+}
+
+impl Plan {
+    /// The Secrets the pods read: the SASL credentials and the CA.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.kafka.sasl.iter().map(|s| s.secret_ref.name.clone()).collect();
+        names.extend(self.kafka.tls.iter().flat_map(|t| t.ca_secret_ref.iter()).map(|r| r.name.clone()));
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// Check a Pipeline and resolve it. `default_image` is used when `spec.image` is unset (the
@@ -123,6 +137,7 @@ pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError>
         processor: spec.processor.clone(),
         queries,
         functions: spec.functions.clone(),
+        secrets_digest: String::new(),
     })
 }
 
@@ -275,7 +290,16 @@ fn to_yaml<T: serde::Serialize>(value: &T) -> String {
     serde_norway::to_string(value).expect("config structs always serialize")
 }
 
-fn hash(parts: &[&str]) -> String {
+fn template_hash(plan: &Plan, config: &str) -> String {
+    if plan.secrets_digest.is_empty() {
+        hash(&[config, &plan.image])
+    } else {
+        hash(&[config, &plan.image, &plan.secrets_digest])
+    }
+}
+
+/// A short, stable digest of the given parts.
+pub fn hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
@@ -460,7 +484,7 @@ fn render_processor(plan: &Plan, p: &ProcessorSpec, config: &str) -> ProcessorCh
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash(&[config, &plan.image]))])),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), template_hash(plan, config))])),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -595,7 +619,7 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash(&[config, &plan.image]))])),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), template_hash(plan, config))])),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -722,6 +746,18 @@ mod tests {
         assert!(e.sql);
         assert_eq!(e.path, "spec.processor.sql");
         assert!(e.message.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn changed_secrets_roll_the_pods() {
+        let mut plan = plan(&example(), "img").unwrap();
+        let before = render(&plan);
+        plan.secrets_digest = "kafka-user:1234".into();
+        let after = render(&plan);
+        let hash = |c: &Children| {
+            c.functions[0].deployment.spec.template.metadata.clone().unwrap().annotations.unwrap()[CONFIG_HASH].clone()
+        };
+        assert_ne!(hash(&before), hash(&after));
     }
 
     #[test]

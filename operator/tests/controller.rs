@@ -325,3 +325,52 @@ async fn two_replicas_elect_one_leader_and_hand_over() -> anyhow::Result<()> {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+/// Credentials rotated in a referenced Secret roll the pods: the Secret is watched and its
+/// digest is part of the pod templates' hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_secret_rolls_the_pods() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let Some(path) = kubeconfig_path() else { return Ok(()) };
+    let client = kube_client(&path).await?;
+    sluice_tests::install_crd(&client).await?;
+    let ns = sluice_tests::create_namespace(&client).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = |password: &str| -> anyhow::Result<Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": "kafka-user"},
+            "stringData": {"username": "sluice", "password": password},
+        }))?)
+    };
+    secrets.create(&Default::default(), &secret("one")?).await?;
+    let (p, n) = (path.clone(), ns.clone());
+    let op = tokio::task::spawn_blocking(move || operator(&p, &n)).await?;
+    let mut pipeline = example(&ns)?;
+    pipeline["spec"]["functions"] = json!([]);
+    pipeline["spec"]["kafka"]["securityProtocol"] = json!("SASL_PLAINTEXT");
+    pipeline["spec"]["kafka"]["sasl"] = json!({"mechanism": "SCRAM-SHA-512", "secretRef": {"name": "kafka-user"}});
+    apply(&client, &ns, &pipeline).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let first = wait_for("the processor StatefulSet", Duration::from_secs(60), || {
+        let s = statefulsets.clone();
+        async move { Ok(s.get_opt("trades-processor").await?) }
+    })
+    .await?;
+    let before = template_hash(&first);
+    secrets
+        .replace("kafka-user", &Default::default(), &{
+            let mut s = secrets.get("kafka-user").await?;
+            s.data = None;
+            s.string_data = Some([("username".into(), "sluice".into()), ("password".into(), "two".into())].into());
+            s
+        })
+        .await?;
+    wait_for("a new template hash after the Secret changed", Duration::from_secs(60), || {
+        let (s, old) = (statefulsets.clone(), before.clone());
+        async move { Ok(s.get_opt("trades-processor").await?.filter(|s| template_hash(s) != old)) }
+    })
+    .await?;
+    let status = tokio::task::spawn_blocking(move || op.terminate()).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}

@@ -38,7 +38,7 @@ app.kubernetes.io/component: operator
   verbs: [list]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, list, watch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
