@@ -656,6 +656,19 @@ fn default_max_bytes() -> ByteSize {
 fn default_max_wait() -> Duration {
     Duration::from_static("500ms")
 }
+impl LambdaRuntime {
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`: the container's memory limit in MiB, else Lambda's
+    /// default of 128.
+    pub fn memory_mb(&self) -> u64 {
+        self.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|limits| limits.get("memory"))
+            .and_then(|q| q.0.parse::<crate::ByteSize>().ok())
+            .map_or(128, |b| (b.bytes() / (1024 * 1024)).max(1))
+    }
+}
+
 fn default_invoke_timeout() -> Duration {
     Duration::from_static("30s")
 }

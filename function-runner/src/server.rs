@@ -8,7 +8,7 @@ use std::sync::{
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -61,9 +61,5 @@ async fn readyz(State(h): State<Arc<Health>>) -> Response {
 }
 
 async fn metrics(State(h): State<Arc<Health>>) -> Response {
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &h.registry).is_err() {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response();
-    }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    sluice_telemetry::metrics_response(&h.registry)
 }

@@ -145,13 +145,7 @@ impl Settings {
                         };
                         env.push((var.name.clone(), value.clone()));
                     }
-                    let memory_mb = l
-                        .resources
-                        .as_ref()
-                        .and_then(|r| r.limits.as_ref())
-                        .and_then(|limits| limits.get("memory"))
-                        .and_then(|q| q.0.parse::<sluice_crds::ByteSize>().ok())
-                        .map_or(128, |b| (b.bytes() / (1024 * 1024)).max(1));
+                    let memory_mb = l.memory_mb();
                     Some(Process { argv: l.command.iter().chain(&l.args).cloned().collect(), env, memory_mb })
                 } else {
                     None

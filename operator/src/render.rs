@@ -444,6 +444,34 @@ fn common_volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
     (volumes, mounts)
 }
 
+/// A data-plane pod: the Pipeline's ServiceAccount (no token), the restricted security context,
+/// and the config hash that rolls the pods when their config, image or Secrets change.
+fn pod_template(
+    plan: &Plan,
+    labels: &BTreeMap<String, String>,
+    config: &str,
+    containers: Vec<Container>,
+    volumes: Vec<Volume>,
+    grace_seconds: i64,
+) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), template_hash(plan, config))])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(names::service_account(&plan.name)),
+            automount_service_account_token: Some(false),
+            security_context: Some(pod_security()),
+            termination_grace_period_seconds: Some(grace_seconds),
+            containers,
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+    }
+}
+
 fn render_processor(plan: &Plan, p: &ProcessorSpec, config: &str) -> ProcessorChildren {
     let name = names::processor(&plan.name);
     let labels = plan.labels("processor", None);
@@ -481,23 +509,9 @@ fn render_processor(plan: &Plan, p: &ProcessorSpec, config: &str) -> ProcessorCh
         }),
         ..PersistentVolumeClaim::default()
     };
-    let template = PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), template_hash(plan, config))])),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(PodSpec {
-            service_account_name: Some(names::service_account(&plan.name)),
-            automount_service_account_token: Some(false),
-            security_context: Some(pod_security()),
-            // A clean stop commits the open transaction and checkpoints the state.
-            termination_grace_period_seconds: Some(60),
-            containers: vec![container],
-            volumes: Some(volumes),
-            ..PodSpec::default()
-        }),
-    };
+    // A clean stop commits the open transaction and checkpoints the state.
+    let template = pod_template(plan, &labels, config, vec![container], volumes, 60);
+
     let stateful_set = StatefulSet {
         metadata: plan.meta(name.clone(), labels.clone()),
         spec: StatefulSetSpec {
@@ -579,13 +593,7 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
         _ => std::time::Duration::from_secs(30),
     };
     if let Some(l) = &f.runtime.lambda {
-        let memory_mb = l
-            .resources
-            .as_ref()
-            .and_then(|r| r.limits.as_ref())
-            .and_then(|limits| limits.get("memory"))
-            .and_then(|q| q.0.parse::<sluice_crds::ByteSize>().ok())
-            .map_or(128, |b| (b.bytes() / (1024 * 1024)).max(1));
+        let memory_mb = l.memory_mb();
         let handler = l.args.last().cloned().unwrap_or_default();
         let mut env: Vec<EnvVar> = lambda_env(&f.name, RUNTIME_API_IN_POD, timeout, memory_mb, &handler)
             .into_iter()
@@ -616,23 +624,9 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
         });
     }
     let grace = i64::try_from(timeout.as_secs()).unwrap_or(900).saturating_add(30);
-    let template = PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), template_hash(plan, config))])),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(PodSpec {
-            service_account_name: Some(names::service_account(&plan.name)),
-            automount_service_account_token: Some(false),
-            security_context: Some(pod_security()),
-            // SIGTERM lets in-flight invocations finish (bounded by the invocation timeout).
-            termination_grace_period_seconds: Some(grace),
-            containers,
-            volumes: Some(volumes),
-            ..PodSpec::default()
-        }),
-    };
+    // SIGTERM lets in-flight invocations finish (bounded by the invocation timeout).
+    let template = pod_template(plan, &labels, config, containers, volumes, grace);
+
     let deployment = Deployment {
         metadata: plan.meta(name.clone(), labels.clone()),
         spec: DeploymentSpec {

@@ -8,7 +8,7 @@ use std::sync::{
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -97,9 +97,5 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> Response {
 }
 
 async fn render(State(m): State<Arc<Metrics>>) -> Response {
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &m.registry).is_err() {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response();
-    }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    sluice_telemetry::metrics_response(&m.registry)
 }

@@ -53,3 +53,16 @@ pub async fn stop_requested() {
     }
     tracing::info!("stop requested");
 }
+
+/// A `/metrics` response: the registry in Prometheus' OpenMetrics text format.
+pub fn metrics_response(registry: &prometheus_client::registry::Registry) -> axum::response::Response {
+    use axum::{
+        http::{StatusCode, header},
+        response::IntoResponse,
+    };
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics").into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
