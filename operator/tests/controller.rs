@@ -98,8 +98,13 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
     let containers: Vec<String> =
         deployment.spec.template.spec.as_ref().unwrap().containers.iter().map(|c| c.name.clone()).collect();
     assert_eq!(containers, ["runner", "function"]);
+    // The function's Service is applied after its Deployment: wait for it rather than race it.
     for name in ["trades-processor", "trades-processor-peers", "trades-fn-settle"] {
-        let s = services.get(name).await?;
+        let s = wait_for("the Services", Duration::from_secs(30), || {
+            let api = services.clone();
+            async move { Ok(api.get_opt(name).await?) }
+        })
+        .await?;
         assert_eq!(s.owner_references()[0].uid, uid, "{name}");
     }
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("trades-sluice-config").await?;
