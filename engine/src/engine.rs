@@ -75,6 +75,9 @@ pub struct Engine<S: StateStore = MemoryStore> {
     /// Whether a query's output is fed to the queries reading its topic within the same call
     /// (tests, `sluice-processor test`), or left to come back through Kafka (the runtime).
     pub chain: bool,
+    /// Partition counts of the repartition topics (the runtime's; see
+    /// [`Engine::use_repartition_topics`]).
+    pub repartition_partitions: BTreeMap<String, i32>,
 }
 
 impl Default for Engine<MemoryStore> {
@@ -117,7 +120,25 @@ impl<S: StateStore> Engine<S> {
             next_query: 1,
             offsets: BTreeMap::new(),
             chain: true,
+            repartition_partitions: BTreeMap::new(),
         }
+    }
+
+    /// Have the persistent queries that re-key a stream read it through repartition topics
+    /// named `<prefix><query id>-<suffix>`, as Kafka Streams does, so their state is partitioned
+    /// by the new key and any replica count works. A record of such an input is then returned by
+    /// [`Engine::process`] as an output to that topic, with the partition of its new key set
+    /// (once [`Engine::repartition_partitions`] has the topic's count), and processed when it
+    /// comes back. Returns the repartition topics with the inputs whose partition count they need.
+    pub fn use_repartition_topics(&mut self, prefix: &str) -> Vec<(String, Vec<String>)> {
+        let mut topics = Vec::new();
+        for q in &mut self.queries {
+            q.set_repartition_prefix(prefix);
+            for r in &q.repartitions {
+                topics.push((r.topic.clone(), q.inputs.clone()));
+            }
+        }
+        topics
     }
 
     /// Apply a ksqlDB property (`ksql.persistence.default.format.*` change the catalog defaults).
@@ -314,8 +335,47 @@ impl<S: StateStore> Engine<S> {
                 if !q.reads(&rec.topic) {
                     continue;
                 }
+                // A source record this query reads through a repartition topic: send it there.
+                if let Some(r) = q.repartitions.iter().find(|r| !r.topic.is_empty() && r.source == rec.topic) {
+                    let partitions = self.repartition_partitions.get(&r.topic).copied();
+                    let routed = q.route(&rec).and_then(|bytes| match (bytes, partitions) {
+                        (None, _) => Ok(None),
+                        (Some(b), Some(n)) => Ok(Some(crate::format::kafka_partition(&b, n))),
+                        (Some(_), None) => Err(format!("the partition count of '{}' is not known", r.topic)),
+                    });
+                    match routed {
+                        Ok(Some(partition)) => {
+                            let offset = self.offsets.entry(r.topic.clone()).or_insert(0);
+                            let out = Record { topic: r.topic.clone(), partition, offset: *offset, ..rec.clone() };
+                            *offset += 1;
+                            produced.push(out.clone());
+                            if self.chain {
+                                queue.push_back(out);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(message) => {
+                            q.dropped += 1;
+                            self.errors.push(ProcessingError {
+                                query: q.id.clone(),
+                                message,
+                                topic: rec.topic.clone(),
+                                partition: rec.partition,
+                                offset: rec.offset,
+                            });
+                        }
+                    }
+                    continue;
+                }
+                // A record back from a repartition topic: processed as a record of its source,
+                // in the repartition topic's partition.
+                let back = q
+                    .repartitions
+                    .iter()
+                    .find(|r| r.topic == rec.topic)
+                    .map(|r| Record { topic: r.source.clone(), ..rec.clone() });
                 self.store.set_partition(Some(if q.needs_repartition() { 0 } else { rec.partition }));
-                match q.process(&rec, &mut self.store) {
+                match q.process(back.as_ref().unwrap_or(&rec), &mut self.store) {
                     Ok(out) => {
                         for mut r in out {
                             let offset = self.offsets.entry(r.topic.clone()).or_insert(0);
@@ -351,8 +411,13 @@ impl<S: StateStore> Engine<S> {
         read.extend(self.catalog.sources().filter(|s| s.kind == SourceKind::Table).map(|s| s.topic.clone()));
         read.sort();
         read.dedup();
+        let repartitions = self.queries.iter().flat_map(|q| &q.repartitions).filter(|r| !r.topic.is_empty());
+        read.extend(repartitions.clone().map(|r| r.topic.clone()));
+        read.sort();
+        read.dedup();
         let mut written: Vec<String> =
             self.queries.iter().filter_map(|q| self.catalog.get(&q.sink).map(|s| s.topic.clone())).collect();
+        written.extend(repartitions.map(|r| r.topic.clone()));
         written.sort();
         written.dedup();
         (read, written)

@@ -27,8 +27,25 @@ pub struct CaseResult {
     pub failure: Option<String>,
 }
 
+/// How cases are run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Send re-keyed inputs through repartition topics of this many partitions, as the
+    /// processor runtime does (the records come back within the same call), instead of keeping
+    /// such queries' state in one logical partition.
+    pub repartition: Option<i32>,
+}
+
+/// The prefix of the repartition topics' names when [`Options::repartition`] is set.
+const REPARTITION_PREFIX: &str = "_qtt-repartition-";
+
 /// Run every case of a QTT or REST-QTT file whose full name contains `filter`.
 pub fn run_file(path: &Path, filter: Option<&str>) -> Result<Vec<CaseResult>, String> {
+    run_file_with(path, filter, Options::default())
+}
+
+/// [`run_file`] with options.
+pub fn run_file_with(path: &Path, filter: Option<&str>, options: Options) -> Result<Vec<CaseResult>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let doc: Json = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("tests").to_owned();
@@ -49,13 +66,16 @@ pub fn run_file(path: &Path, filter: Option<&str>) -> Result<Vec<CaseResult>, St
             if filter.is_some_and(|f| !full.contains(f)) {
                 continue;
             }
-            let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, format.as_deref())))
-                .unwrap_or_else(|p| {
-                    let msg =
-                        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                    Err(format!("engine panicked: {}", msg.unwrap_or_default()))
-                })
-                .err();
+            let failure =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, format.as_deref(), options)))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                        Err(format!("engine panicked: {}", msg.unwrap_or_default()))
+                    })
+                    .err();
             results.push(CaseResult { name: full, failure });
         }
     }
@@ -77,7 +97,7 @@ fn statements(case: &Json, format: Option<&str>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn run_case(case: &Json, format: Option<&str>) -> Result<(), String> {
+fn run_case(case: &Json, format: Option<&str>, options: Options) -> Result<(), String> {
     let mut engine = Engine::default();
     if let Some(props) = case.get("properties").and_then(Json::as_object) {
         for (k, v) in props {
@@ -95,6 +115,11 @@ fn run_case(case: &Json, format: Option<&str>) -> Result<(), String> {
     for (i, sql) in statements(case, format).iter().enumerate() {
         if let Err(e) = execute_text(&mut engine, sql) {
             return if expect_error.is_some() { Ok(()) } else { Err(format!("statement {} rejected: {e}", i + 1)) };
+        }
+    }
+    if let Some(n) = options.repartition {
+        for (topic, _) in engine.use_repartition_topics(REPARTITION_PREFIX) {
+            engine.repartition_partitions.insert(topic, n);
         }
     }
     let produced = feed_inputs(case, &mut engine)?;
@@ -182,6 +207,9 @@ fn feed_inputs(case: &Json, engine: &mut Engine) -> Result<BTreeMap<String, Vec<
         };
         *offset += 1;
         for r in engine.process(rec) {
+            if r.topic.starts_with(REPARTITION_PREFIX) {
+                continue;
+            }
             produced.entry(r.topic.clone()).or_default().push(r);
         }
     }

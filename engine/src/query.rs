@@ -25,6 +25,18 @@ const RESERVED: &[&str] = &["ROWTIME", "ROWPARTITION", "ROWOFFSET", "WINDOWSTART
 /// The default grace period of windows without `GRACE PERIOD` (Kafka Streams': 24 hours).
 const DEFAULT_GRACE_MS: i64 = 24 * 3600 * 1000;
 
+/// An input a query reads through a repartition topic: its records, unchanged, sent to the
+/// partition of their new key (the grouping or the join key), then processed from there.
+#[derive(Debug, Clone)]
+pub struct Repartition {
+    /// The source topic.
+    pub source: String,
+    /// The topic name's suffix, ksqlDB's (`Aggregate-GroupBy-repartition`, `Join-left-repartition`).
+    pub suffix: String,
+    /// The repartition topic, once the runtime named it.
+    pub topic: String,
+}
+
 /// A running persistent query.
 #[derive(Debug)]
 pub struct Query {
@@ -36,6 +48,13 @@ pub struct Query {
     pub inputs: Vec<String>,
     /// Internal topics its plan needs (repartition, changelog), by suffix.
     pub internal_topics: Vec<String>,
+    /// The inputs that reach it through a repartition topic when the runtime asks for them
+    /// ([`Query::set_repartition_prefix`]); empty otherwise.
+    pub repartitions: Vec<Repartition>,
+    /// Its state cannot be partitioned like any topic (a table re-grouped: a row's old and new
+    /// groups may live in different partitions), so it keeps one logical partition, which is
+    /// correct with one replica only.
+    pub single_partition: bool,
     kind: Kind,
     writer: Writer,
     /// Stream time per input partition.
@@ -532,6 +551,8 @@ fn plan_select(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Target
             sink: sink.name.clone(),
             inputs,
             internal_topics: internal,
+            repartitions: Vec::new(),
+            single_partition: false,
             kind: Kind::Select(Box::new(Select { reader, filter, key: key_exprs_out, value: value_exprs, rekeyed })),
             writer,
             stream_time: Default::default(),
@@ -878,12 +899,24 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
         internal.push("Aggregate-GroupBy-repartition".to_owned());
     }
     let inputs = vec![reader.source.topic.clone()];
+    let repartitions = if by_key || reader.is_table() {
+        Vec::new()
+    } else {
+        vec![Repartition {
+            source: reader.source.topic.clone(),
+            suffix: "Aggregate-GroupBy-repartition".into(),
+            topic: String::new(),
+        }]
+    };
+    let single_partition = reader.is_table() && !by_key;
     Ok(Planned {
         query: Query {
             id: target.id.clone(),
             sink: sink.name.clone(),
             inputs,
             internal_topics: internal,
+            repartitions,
+            single_partition,
             kind: Kind::Aggregate(Box::new(Agg {
                 reader,
                 filter,
@@ -914,6 +947,9 @@ struct Join {
     kind: JoinKind,
     left_key: Expr,
     right_key: Expr,
+    /// Whether a side's records are keyed by its join expression (else it is repartitioned).
+    left_by_key: bool,
+    right_by_key: bool,
     /// `WITHIN (before, after)` for stream-stream joins.
     within: Option<(i64, i64)>,
     left_width: usize,
@@ -1139,8 +1175,22 @@ fn plan_join(catalog: &Catalog, q: &ast::Query, join: &ast::Join, target: Target
     let (sink, writer) = make_sink(&target, kind, key_cols, value_cols, &left.source, left.window(), catalog, q.pos)?;
     let mut internal = Vec::new();
     let left_by_key = left.source.schema.key.len() == 1 && matches!(left_key.node, Node::Column(0));
+    let right_by_key = right.source.schema.key.len() == 1 && matches!(right_key.node, Node::Column(0));
+    let mut repartitions = Vec::new();
     if !left_by_key {
         internal.push("Join-left-repartition".to_owned());
+        repartitions.push(Repartition {
+            source: left.source.topic.clone(),
+            suffix: "Join-left-repartition".into(),
+            topic: String::new(),
+        });
+    }
+    if !right_by_key {
+        repartitions.push(Repartition {
+            source: right.source.topic.clone(),
+            suffix: "Join-right-repartition".into(),
+            topic: String::new(),
+        });
     }
     let within = join.within.as_ref().map(|w| (w.before.millis(), w.after.millis()));
     let inputs = vec![left.source.topic.clone(), right.source.topic.clone()];
@@ -1151,9 +1201,13 @@ fn plan_join(catalog: &Catalog, q: &ast::Query, join: &ast::Join, target: Target
             sink: sink.name.clone(),
             inputs,
             internal_topics: internal,
+            repartitions,
+            single_partition: false,
             kind: Kind::Join(Box::new(Join {
                 left,
                 right,
+                left_by_key,
+                right_by_key,
                 kind: join.kind,
                 left_key,
                 right_key,
@@ -1362,16 +1416,67 @@ impl Query {
         Ok(out)
     }
 
-    /// Whether the plan re-keys its input (a repartition topic in Kafka Streams). Its state is
-    /// then not aligned with the input partitions: until repartition topics exist, such a query
-    /// keeps its state in one logical partition (0), which is correct with a single replica.
+    /// Whether its state is not aligned with its input partitions: it re-keys its input and no
+    /// repartition topic realigns it (not asked for, or a table re-grouped). Such a query keeps
+    /// its state in one logical partition (0), which is correct with a single replica.
     pub fn needs_repartition(&self) -> bool {
-        self.internal_topics.iter().any(|t| t.ends_with("-repartition"))
+        self.single_partition || self.repartitions.iter().any(|r| r.topic.is_empty())
     }
 
-    /// Whether this query reads `topic`.
+    /// Read the inputs that need it through repartition topics named `<prefix><id>-<suffix>`.
+    pub fn set_repartition_prefix(&mut self, prefix: &str) {
+        for r in &mut self.repartitions {
+            r.topic = format!("{prefix}{}-{}", self.id, r.suffix);
+        }
+    }
+
+    /// Whether this query reads `topic` (a source, or one of its repartition topics).
     pub fn reads(&self, topic: &str) -> bool {
-        self.inputs.iter().any(|t| t == topic)
+        self.inputs.iter().any(|t| t == topic) || self.repartitions.iter().any(|r| r.topic == topic)
+    }
+
+    /// The bytes whose Kafka partition a record of a repartitioned input goes to: the grouping
+    /// (any stable encoding: only this query reads it) or the join key (serialized in the key
+    /// format of the side that is not repartitioned, so its records' partitions match). `None`:
+    /// the record contributes nothing (a tombstone, filtered out, a NULL key) and is dropped, as
+    /// Kafka Streams drops it before its repartition topic.
+    pub fn route(&self, rec: &Record) -> Result<Option<Vec<u8>>, String> {
+        match &self.kind {
+            Kind::Select(_) => Ok(None),
+            Kind::Aggregate(a) => {
+                let input = a.reader.decode(rec)?;
+                if input.value.is_none() {
+                    return Ok(None);
+                }
+                let row = a.reader.row(&input);
+                if !passes(&a.filter, &row) {
+                    return Ok(None);
+                }
+                let group = eval_all(&a.group, &row);
+                Ok((!group.iter().any(Value::is_null)).then(|| encode_row(&group)))
+            }
+            Kind::Join(j) => {
+                let left = rec.topic == j.left.source.topic;
+                let (reader, key_expr, partner, partner_by_key) = if left {
+                    (&j.left, &j.left_key, &j.right, j.right_by_key)
+                } else {
+                    (&j.right, &j.right_key, &j.left, j.left_by_key)
+                };
+                let input = reader.decode(rec)?;
+                if input.value.is_none() {
+                    return Ok(None);
+                }
+                let key = key_expr.eval(&reader.row(&input)).unwrap_or(Value::Null);
+                if key.is_null() {
+                    return Ok(None);
+                }
+                if partner_by_key {
+                    partner.encode_key(std::slice::from_ref(&key))
+                } else {
+                    Ok(Some(encode_row(std::slice::from_ref(&key))))
+                }
+            }
+        }
     }
 }
 

@@ -91,6 +91,11 @@ impl Reader {
         Ok(reader)
     }
 
+    /// Serialize key columns in the source's key format (how its producers partition them).
+    pub fn encode_key(&self, key: &[Value]) -> Result<Option<Vec<u8>>, String> {
+        self.key.encode(Some(key))
+    }
+
     /// Whether the source is windowed.
     pub fn window(&self) -> Option<WindowType> {
         self.source.window

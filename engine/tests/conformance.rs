@@ -63,3 +63,33 @@ fn seed_tiers_and_the_whole_suite_pass() {
     eprintln!("whole suite: {passed} of {}", results.len());
     assert!(passed >= SUITE_FLOOR, "the whole suite fell to {passed} passing runs (floor {SUITE_FLOOR})");
 }
+
+/// The runtime reads re-keyed streams through repartition topics. With one repartition
+/// partition the results must be the ones of the fused plan: every case that passes one way
+/// passes the other, and the only accepted differences are listed with their reason.
+#[test]
+fn repartition_topics_give_the_same_results() {
+    let Some(root) = qtt_root() else { return };
+    let mut differ = Vec::new();
+    let mut compared = 0;
+    for dir in ["query-validation-tests"] {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(root.join(dir)).unwrap().filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let fused = qtt::run_file(&f, None).unwrap();
+            let routed = qtt::run_file_with(&f, None, qtt::Options { repartition: Some(1) }).unwrap();
+            for (a, b) in fused.iter().zip(&routed) {
+                compared += 1;
+                if a.failure.is_none() != b.failure.is_none() {
+                    differ.push(format!("{}: fused {:?}, repartitioned {:?}", a.name, a.failure, b.failure));
+                }
+            }
+        }
+    }
+    for d in &differ {
+        eprintln!("DIFFER {d}");
+    }
+    eprintln!("compared {compared} runs, {} differ", differ.len());
+    assert!(differ.is_empty(), "{} runs differ with repartition topics", differ.len());
+}

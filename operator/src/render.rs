@@ -120,6 +120,17 @@ pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError>
             message: e.to_string(),
             sql: true,
         })?;
+        if p.replicas > 1
+            && let Some(q) = engine.queries.iter().find(|q| q.single_partition)
+        {
+            return Err(err(
+                "spec.processor.replicas",
+                format!(
+                    "query {} re-groups a table, which keeps its state in one partition: it needs replicas: 1",
+                    q.id
+                ),
+            ));
+        }
         for q in &engine.queries {
             let sink = engine.catalog.get(&q.sink).map_or_else(|| q.sink.clone(), |s| s.topic.clone());
             queries.push((q.id.clone(), sink));
@@ -740,6 +751,24 @@ mod tests {
         assert!(e.sql);
         assert_eq!(e.path, "spec.processor.sql");
         assert!(e.message.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_re_grouped_table_needs_one_replica() {
+        let mut p = example();
+        if let Some(proc) = p.spec.processor.as_mut() {
+            proc.sql.push_str(
+                "\nCREATE TABLE PER_REGION AS SELECT regionid, COUNT(*) AS N FROM USERS GROUP BY regionid;\n",
+            );
+            proc.replicas = 1;
+        }
+        plan(&p, "img").expect("one replica is fine");
+        if let Some(proc) = p.spec.processor.as_mut() {
+            proc.replicas = 3;
+        }
+        let e = plan(&p, "img").unwrap_err();
+        assert_eq!(e.path, "spec.processor.replicas");
+        assert!(e.message.contains("needs replicas: 1"), "{e}");
     }
 
     #[test]

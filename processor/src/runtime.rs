@@ -73,6 +73,8 @@ pub struct Shared {
     pub partitions: Mutex<BTreeMap<String, i32>>,
     /// Push queries' clients, by the topic name their outputs carry.
     pub push: Mutex<HashMap<String, (PushQuery, PushSender)>>,
+    /// The repartition topics, with the inputs whose partition count they take.
+    pub repartition_topics: Vec<(String, Vec<String>)>,
 }
 
 impl Shared {
@@ -86,6 +88,9 @@ impl Shared {
             engine.set_property(k, v).map_err(|e| anyhow!("properties.{k}: {e}"))?;
         }
         engine.execute_script(&config.sql).map_err(|e| anyhow!("sql: {e}"))?;
+        // Re-keyed streams go through repartition topics, with any replica count, so the state
+        // layout does not depend on how many replicas there are.
+        let repartition_topics = engine.use_repartition_topics(&format!("{}-", config.application_id));
         let metrics = Metrics::default();
         let mut registry = Registry::with_prefix_and_labels(
             "sluice_processor",
@@ -113,6 +118,7 @@ impl Shared {
             peers: config.peers.clone(),
             partitions: Mutex::new(BTreeMap::new()),
             push: Mutex::new(HashMap::new()),
+            repartition_topics,
         }))
     }
 }
@@ -174,6 +180,20 @@ fn prepare_topics(
                     q.inputs[0],
                     q.inputs[1]
                 );
+            }
+        }
+    }
+    // A repartition topic takes the partition count of its query's inputs.
+    for (topic, inputs) in &shared.repartition_topics {
+        let partitions = inputs.iter().filter_map(|t| counts.get(t).copied()).max().unwrap_or(1);
+        match counts.get(topic) {
+            Some(n) if *n != partitions => bail!(
+                "the repartition topic '{topic}' has {n} partitions and its query's inputs {partitions}; \
+                 delete it (it holds only records in flight) or recreate the inputs"
+            ),
+            Some(_) => {}
+            None => {
+                wanted.push((topic.clone(), partitions));
             }
         }
     }
@@ -304,11 +324,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         if config.replicas > 1
             && let Some(q) = engine.queries.iter().find(|q| q.needs_repartition())
         {
-            bail!(
-                "query {} needs a repartition topic, which this processor supports with replicas: 1 only so far; \
-                 set replicas: 1",
-                q.id
-            );
+            bail!("query {} re-groups a table, which keeps its state in one partition: it needs replicas: 1", q.id);
         }
     }
     let reset = config.properties.get("auto.offset.reset").cloned().unwrap_or_else(|| "earliest".into());
@@ -322,6 +338,10 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         .context("creating the consumer")?;
     let counts = prepare_topics(config, &shared, &consumer)?;
     *shared.partitions.lock().map_err(|_| anyhow!("lock poisoned"))? = counts.clone();
+    let repartition_topics: std::collections::BTreeSet<String> =
+        shared.repartition_topics.iter().map(|(t, _)| t.clone()).collect();
+    shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?.repartition_partitions =
+        repartition_topics.iter().filter_map(|t| counts.get(t).map(|n| (t.clone(), *n))).collect();
     let (read, _) = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?.topics();
     let mut assignment = TopicPartitionList::new();
     let mut owned: Vec<(String, i32)> = Vec::new();
@@ -449,6 +469,11 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
             for out in outputs {
                 if out.topic.starts_with(PUSH_PREFIX) {
                     deliver_push(&shared, &out)?;
+                    continue;
+                }
+                if repartition_topics.contains(&out.topic) {
+                    send_to(&producer, &out, Some(out.partition))?;
+                    pending += 1;
                     continue;
                 }
                 send(&producer, &out)?;

@@ -39,7 +39,9 @@ async fn the_seed_pipeline_runs_exactly_once_against_kafka() -> anyhow::Result<(
     for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("{t}: {e}"))?;
     }
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+    // Keys partitioned as Java clients (and Kafka Streams) do: murmur2; joins rely on it.
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("partitioner", "murmur2_random").create()?;
     let send = |topic: String, key: Option<String>, value: String, ts: i64| {
         let producer = producer.clone();
         async move {
