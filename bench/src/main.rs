@@ -31,6 +31,8 @@ use rdkafka::{
 };
 use serde_json::{Value, json};
 
+mod processor;
+
 #[derive(Parser)]
 #[command(name = "sluice-bench", about = "Sluice's benchmarks against a real local broker")]
 struct Cli {
@@ -83,6 +85,35 @@ enum Cmd {
         #[arg(long)]
         broker_pid: Option<u32>,
     },
+    /// P1–P3: the processor against the raw ceiling and Kafka Streams, side by side.
+    P {
+        #[arg(long, env = "SLUICE_TEST_BOOTSTRAP")]
+        bootstrap: String,
+        /// The `sluice-processor` binary (a release build).
+        #[arg(long)]
+        processor: PathBuf,
+        /// The Kafka Streams program's Maven project (built when its jar is missing).
+        #[arg(long, default_value = "bench/kstreams")]
+        kstreams: PathBuf,
+        /// Workloads.
+        #[arg(long, value_delimiter = ',', default_value = "p1,p2,p3")]
+        workloads: Vec<processor::Workload>,
+        /// Systems, run in this order for every workload.
+        #[arg(long, value_delimiter = ',', default_value = "raw,raw-json,sluice,kstreams")]
+        systems: Vec<processor::System>,
+        /// Preloaded pageviews per run.
+        #[arg(long, default_value_t = 500_000)]
+        records: usize,
+        /// Runs of each (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// At-least-once instead of exactly-once (the raw loops are always at-least-once).
+        #[arg(long)]
+        at_least_once: bool,
+        /// The broker's pid, for its CPU time (default: from tests/infra/kafka.sh's pid file).
+        #[arg(long)]
+        broker_pid: Option<u32>,
+    },
     /// The ceiling: consume `input`, produce each record's key and value to `output`, commit.
     RawLoop {
         #[arg(long)]
@@ -93,12 +124,88 @@ enum Cmd {
         output: String,
         #[arg(long)]
         group: String,
+        /// Decode each value as JSON and encode it again (the cost of a format).
+        #[arg(long)]
+        json: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::RawLoop { bootstrap, input, output, group } => raw_loop(&bootstrap, &input, &output, &group),
+        Cmd::RawLoop { bootstrap, input, output, group, json } => raw_loop(&bootstrap, &input, &output, &group, json),
+        Cmd::P {
+            bootstrap,
+            processor,
+            kstreams,
+            workloads,
+            systems,
+            records,
+            runs,
+            at_least_once,
+            broker_pid,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let bench = processor::Bench {
+                bootstrap,
+                processor,
+                kstreams_jar: if systems.contains(&processor::System::Kstreams) {
+                    processor::kstreams_jar(&kstreams)?
+                } else {
+                    PathBuf::new()
+                },
+                java: processor::java(),
+                exactly_once: !at_least_once,
+                broker_pid: broker_pid.or_else(default_broker_pid),
+                partitions: 4,
+            };
+            let guarantee = if at_least_once { "at-least-once" } else { "exactly-once" };
+            println!(
+                "| workload | system | guarantee | records | runs | records/s (median) | ratio to raw | ratio to Kafka Streams | CPU-s per M records | broker CPU-s per M records | output records |"
+            );
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+            for w in workloads {
+                let mut medians: Vec<(processor::System, f64)> = Vec::new();
+                let mut rows = Vec::new();
+                for system in &systems {
+                    let mut results = Vec::new();
+                    for run in 0..runs {
+                        let r = rt
+                            .block_on(bench.run(w, *system, records))
+                            .with_context(|| format!("{w:?} {system:?} run {run}"))?;
+                        eprintln!(
+                            "{w:?} {system:?} run {run}: {:.0} rec/s, {:.2} CPU-s/M, {} outputs",
+                            r.rate, r.cpu_per_million, r.outputs
+                        );
+                        results.push(r);
+                    }
+                    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+                    let median = results.swap_remove(results.len() / 2);
+                    medians.push((*system, median.rate));
+                    rows.push((*system, median));
+                }
+                let rate_of = |s: processor::System| medians.iter().find(|(x, _)| *x == s).map(|(_, r)| *r);
+                for (system, m) in rows {
+                    let ratio = |base: Option<f64>| base.map_or("—".to_string(), |b| format!("{:.2}", m.rate / b));
+                    let g = if matches!(system, processor::System::Raw | processor::System::RawJson) {
+                        "at-least-once"
+                    } else {
+                        guarantee
+                    };
+                    println!(
+                        "| {} | {} | {g} | {records} | {runs} | {:.0} | {} | {} | {:.1} | {} | {} |",
+                        format!("{w:?}").to_lowercase(),
+                        format!("{system:?}").to_lowercase(),
+                        m.rate,
+                        ratio(rate_of(processor::System::Raw)),
+                        ratio(rate_of(processor::System::Kstreams)),
+                        m.cpu_per_million,
+                        m.broker_cpu_per_million.map_or("—".to_string(), |c| format!("{c:.1}")),
+                        m.outputs,
+                    );
+                }
+            }
+            Ok(())
+        }
         Cmd::F1 {
             bootstrap,
             runner,
@@ -455,7 +562,7 @@ async fn noop_runtime(port: u16) {
 }
 
 /// The ceiling: consume, produce the same key and value, commit every 100 ms; until killed.
-fn raw_loop(bootstrap: &str, input: &str, output: &str, group: &str) -> anyhow::Result<()> {
+fn raw_loop(bootstrap: &str, input: &str, output: &str, group: &str, json: bool) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -480,8 +587,14 @@ fn raw_loop(bootstrap: &str, input: &str, output: &str, group: &str) -> anyhow::
             if let Some(k) = m.key() {
                 record = record.key(k);
             }
+            let encoded;
             if let Some(v) = m.payload() {
-                record = record.payload(v);
+                if json {
+                    encoded = serde_json::from_slice::<Value>(v).map(|j| j.to_string().into_bytes()).unwrap_or_default();
+                    record = record.payload(encoded.as_slice());
+                } else {
+                    record = record.payload(v);
+                }
             }
             let mut record = record;
             loop {

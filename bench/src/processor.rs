@@ -1,0 +1,453 @@
+//! `sluice-bench p`: the processor workloads P1–P3 (../shared/design/BENCHMARKS.md), each run
+//! side by side with the raw rdkafka consume→produce ceiling (bytes only, and with JSON decode +
+//! encode) and with the same workload in Kafka Streams (`bench/kstreams`, built with Maven at the
+//! broker's Kafka version).
+//!
+//! Per run: fresh topics (4 partitions), the input preloaded (pageviews keyed `user_NNNNNN`,
+//! ~150-byte JSON values, event time spread over 30 minutes; P2 also 100,000 users, 5% of the
+//! pageviews naming a user that does not exist and 1% of them followed by an update of a user),
+//! then the system under test started on it with an empty group and state. A `read_committed`
+//! consumer of the output checks the result against the generator's ground truth (P1: the count
+//! and the sum of durations kept; P2: the count, the sum of durations and the number of misses;
+//! P3: the final count of every page and minute) and times the run.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+};
+use serde_json::Value;
+
+use crate::{Killed, cpu_seconds, free_port, unique};
+
+/// Users in the P2 table.
+const USERS: usize = 100_000;
+/// Distinct pages (the P3 grouping).
+const PAGES: usize = 10_000;
+/// Event time covered by the preloaded pageviews.
+const SPAN_MS: i64 = 30 * 60 * 1000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Workload {
+    /// Stateless filter + project.
+    P1,
+    /// Stream–table LEFT JOIN.
+    P2,
+    /// 60-second tumbling COUNT over 10,000 pages.
+    P3,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum System {
+    /// The rdkafka consume→produce loop, bytes only.
+    Raw,
+    /// The same loop decoding and re-encoding each JSON value.
+    RawJson,
+    /// `sluice-processor run`.
+    Sluice,
+    /// The same workload in Kafka Streams.
+    Kstreams,
+}
+
+/// What a run is given.
+pub struct Bench {
+    pub bootstrap: String,
+    pub processor: PathBuf,
+    pub kstreams_jar: PathBuf,
+    pub java: String,
+    pub exactly_once: bool,
+    pub broker_pid: Option<u32>,
+    pub partitions: i32,
+}
+
+/// What a run measured.
+pub struct Measured {
+    pub rate: f64,
+    pub cpu_per_million: f64,
+    pub broker_cpu_per_million: Option<f64>,
+    pub outputs: usize,
+}
+
+/// One pageview of the preloaded input.
+struct View {
+    user: String,
+    page: usize,
+    duration: i64,
+    region: usize,
+    ts: i64,
+}
+
+fn view(i: usize, base: i64, n: usize) -> View {
+    // Every 20th view names a user that is not in the table.
+    let user = if i % 20 == 0 { USERS + i % USERS } else { (i * 7919) % USERS };
+    View {
+        user: format!("user_{user:06}"),
+        page: (i * 104_729) % PAGES,
+        duration: (i % 110) as i64,
+        region: i % 10,
+        ts: base + (i as i64 * SPAN_MS) / n.max(1) as i64,
+    }
+}
+
+fn view_json(v: &View) -> String {
+    format!(
+        "{{\"pageid\":\"page_{:04}\",\"duration\":{},\"region\":\"region_{}\",\"viewtime\":{},\"url\":\"https://example.com/articles/{:010}/comments?sort=newest&page=2\"}}",
+        v.page, v.duration, v.region, v.ts, v.page
+    )
+}
+
+fn user_json(u: usize, version: usize) -> String {
+    format!("{{\"name\":\"name_{u:06}\",\"region\":\"region_{}\",\"registertime\":{version}}}", (u + version) % 10)
+}
+
+/// The ground truth of a workload's output.
+enum Truth {
+    /// Records, sum of DURATION, outputs whose NAME is NULL.
+    Rows { count: usize, duration_sum: i64, misses: Option<usize> },
+    /// Final count per output key (page + window start).
+    Counts(HashMap<Vec<u8>, i64>),
+    /// Every input record once (the raw loops).
+    Copies(usize),
+}
+
+fn sql(w: Workload, input: &str, users: &str, output: &str) -> String {
+    let views = format!(
+        "CREATE STREAM PAGEVIEWS (userid VARCHAR KEY, pageid VARCHAR, duration INT, region VARCHAR, viewtime BIGINT, url VARCHAR)
+           WITH (kafka_topic = '{input}', value_format = 'json');"
+    );
+    match w {
+        Workload::P1 => format!(
+            "{views}
+             CREATE STREAM P1 WITH (kafka_topic = '{output}') AS
+               SELECT userid, pageid, duration, UCASE(region) AS region FROM PAGEVIEWS WHERE duration > 10;"
+        ),
+        Workload::P2 => format!(
+            "{views}
+             CREATE TABLE USERS (userid VARCHAR PRIMARY KEY, name VARCHAR, region VARCHAR, registertime BIGINT)
+               WITH (kafka_topic = '{users}', value_format = 'json');
+             CREATE STREAM P2 WITH (kafka_topic = '{output}') AS
+               SELECT p.userid AS userid, p.pageid AS pageid, p.duration AS duration, u.name AS name, u.region AS uregion
+               FROM PAGEVIEWS p LEFT JOIN USERS u ON p.userid = u.userid;"
+        ),
+        Workload::P3 => format!(
+            "{views}
+             CREATE TABLE P3 WITH (kafka_topic = '{output}') AS
+               SELECT pageid, COUNT(*) AS views FROM PAGEVIEWS WINDOW TUMBLING (SIZE 60 SECONDS) GROUP BY pageid;"
+        ),
+    }
+}
+
+fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // Java's partitioner, which Kafka Streams and the processor's joins assume.
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .set("batch.size", "262144")
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &str, ts: i64) {
+    let mut record = BaseRecord::to(topic).key(key).payload(value).timestamp(ts);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Write the input and compute the truth of `w` over it.
+fn preload(b: &Bench, w: Workload, n: usize, input: &str, users: &str) -> anyhow::Result<Truth> {
+    let p = producer(&b.bootstrap)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let base = now - SPAN_MS - 3_600_000;
+    if w == Workload::P2 {
+        for u in 0..USERS {
+            send(&p, users, &format!("user_{u:06}"), &user_json(u, 0), base - 1);
+        }
+    }
+    let (mut count, mut duration_sum, mut misses) = (0, 0i64, 0);
+    let mut counts: HashMap<Vec<u8>, i64> = HashMap::new();
+    for i in 0..n {
+        let v = view(i, base, n);
+        send(&p, input, &v.user, &view_json(&v), v.ts);
+        if w == Workload::P2 && i % 100 == 50 {
+            let u = (i * 31) % USERS;
+            send(&p, users, &format!("user_{u:06}"), &user_json(u, i), v.ts);
+        }
+        match w {
+            Workload::P1 if v.duration > 10 => {
+                count += 1;
+                duration_sum += v.duration;
+            }
+            Workload::P1 => {}
+            Workload::P2 => {
+                count += 1;
+                duration_sum += v.duration;
+                let user: usize = v.user[5..].parse().unwrap_or(0);
+                if user >= USERS {
+                    misses += 1;
+                }
+            }
+            Workload::P3 => {
+                let mut key = format!("page_{:04}", v.page).into_bytes();
+                key.extend_from_slice(&(v.ts - v.ts.rem_euclid(60_000)).to_be_bytes());
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    Ok(match w {
+        Workload::P1 => Truth::Rows { count, duration_sum, misses: None },
+        Workload::P2 => Truth::Rows { count, duration_sum, misses: Some(misses) },
+        Workload::P3 => Truth::Counts(counts),
+    })
+}
+
+async fn create_topics(b: &Bench, names: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.bootstrap).create()?;
+    let topics: Vec<NewTopic<'_>> =
+        names.iter().map(|t| NewTopic::new(t, b.partitions, TopicReplication::Fixed(1))).collect();
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// One run of `system` on workload `w` over `n` preloaded records.
+    pub async fn run(&self, w: Workload, system: System, n: usize) -> anyhow::Result<Measured> {
+        let name = unique(&format!("{w:?}-{system:?}").to_lowercase());
+        let (input, users, output) = (format!("{name}-views"), format!("{name}-users"), format!("{name}-out"));
+        create_topics(self, &[&input, &users, &output]).await?;
+        let truth = {
+            let (b, i, u) = (self.bootstrap.clone(), input.clone(), users.clone());
+            let bench = Bench { bootstrap: b, ..self.clone_settings() };
+            tokio::task::spawn_blocking(move || preload(&bench, w, n, &i, &u)).await??
+        };
+        let truth = if matches!(system, System::Raw | System::RawJson) { Truth::Copies(n) } else { truth };
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let child = match system {
+            System::Raw | System::RawJson => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args(["raw-loop", "--bootstrap", &self.bootstrap, "--input", &input, "--output", &output]);
+                c.args(["--group", &name]);
+                if system == System::RawJson {
+                    c.arg("--json");
+                }
+                c
+            }
+            System::Sluice => {
+                let port = free_port()?;
+                let config = serde_json::json!({
+                    "applicationId": name,
+                    "kafka": {"bootstrapServers": self.bootstrap},
+                    "sql": sql(w, &input, &users, &output),
+                    "replicas": 1,
+                    "ordinal": 0,
+                    "stateDir": dir.join("state").to_string_lossy(),
+                    "exactlyOnce": self.exactly_once,
+                    "commitInterval": "100ms",
+                    "listen": format!("127.0.0.1:{port}"),
+                });
+                let path = dir.join("processor.yaml");
+                std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+                let mut c = Command::new(&self.processor);
+                c.args(["run", "--config"]).arg(&path).env("RUST_LOG", "warn");
+                c
+            }
+            System::Kstreams => {
+                let mut c = Command::new(&self.java);
+                c.args(["-Xms1g", "-Xmx1g", "-jar"]).arg(&self.kstreams_jar);
+                c.arg(format!("{w:?}").to_lowercase());
+                c.arg(format!("bootstrap={}", self.bootstrap));
+                c.arg(format!("application={name}"));
+                c.arg(format!("input={input}"));
+                c.arg(format!("users={users}"));
+                c.arg(format!("output={output}"));
+                c.arg(format!("guarantee={}", if self.exactly_once { "exactly_once_v2" } else { "at_least_once" }));
+                c.arg("commit=100");
+                c.arg("threads=2");
+                c.arg(format!("state={}", dir.join("kstreams").to_string_lossy()));
+                c.env("JAVA_TOOL_OPTIONS", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn");
+                c
+            }
+        };
+        let mut child = child;
+        child.stdout(Stdio::null()).stderr(Stdio::inherit());
+        let child = Killed(child.spawn().with_context(|| format!("starting {system:?}"))?);
+        let pid = child.0.id();
+        let (bootstrap, broker) = (self.bootstrap.clone(), self.broker_pid);
+        let result = tokio::task::spawn_blocking(move || verify(&bootstrap, &output, &truth, n, pid, broker)).await?;
+        drop(child);
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    fn clone_settings(&self) -> Bench {
+        Bench {
+            bootstrap: self.bootstrap.clone(),
+            processor: self.processor.clone(),
+            kstreams_jar: self.kstreams_jar.clone(),
+            java: self.java.clone(),
+            exactly_once: self.exactly_once,
+            broker_pid: self.broker_pid,
+            partitions: self.partitions,
+        }
+    }
+}
+
+/// Read the output with `read_committed` until it matches the truth; time and CPU from the end
+/// of the warm-up (20% of the expected records; for P3, the first output) to the last output.
+fn verify(
+    bootstrap: &str,
+    topic: &str,
+    truth: &Truth,
+    n: usize,
+    pid: u32,
+    broker: Option<u32>,
+) -> anyhow::Result<Measured> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("verify"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let (expected, warm_up) = match truth {
+        Truth::Rows { count, .. } | Truth::Copies(count) => (*count, count / 5),
+        Truth::Counts(c) => (c.len(), 0),
+    };
+    let mut outputs = 0usize;
+    let (mut rows, mut duration_sum, mut misses) = (0usize, 0i64, 0usize);
+    let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut correct = 0usize;
+    let mut start: Option<(Instant, f64, Option<f64>, usize)> = None;
+    let mut quiet_since = Instant::now();
+    loop {
+        let done = match truth {
+            Truth::Rows { count, .. } | Truth::Copies(count) => rows >= *count,
+            Truth::Counts(c) => correct == c.len(),
+        };
+        if done {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet_since = Instant::now();
+                outputs += 1;
+                match truth {
+                    Truth::Copies(_) => rows += 1,
+                    Truth::Rows { .. } => {
+                        rows += 1;
+                        let v: Value = m.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or(Value::Null);
+                        duration_sum += v["DURATION"].as_i64().unwrap_or(0);
+                        if v.get("NAME").is_some_and(Value::is_null) {
+                            misses += 1;
+                        }
+                    }
+                    Truth::Counts(c) => {
+                        let key = m.key().unwrap_or_default().to_vec();
+                        let v: Value = m.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or(Value::Null);
+                        let count = v["VIEWS"].as_i64().unwrap_or(-1);
+                        let want = c.get(&key).copied();
+                        let was = latest.insert(key, count);
+                        let hit = |x: Option<i64>| x.is_some() && x == want;
+                        match (hit(was), hit(Some(count))) {
+                            (false, true) => correct += 1,
+                            (true, false) => correct -= 1,
+                            _ => {}
+                        }
+                    }
+                }
+                let progress = match truth {
+                    Truth::Counts(_) => outputs,
+                    _ => rows,
+                };
+                if start.is_none() && progress > warm_up {
+                    start = Some((
+                        Instant::now(),
+                        cpu_seconds(pid).unwrap_or(0.0),
+                        broker.and_then(cpu_seconds),
+                        progress,
+                    ));
+                }
+            }
+            Some(Err(e)) => bail!("verifier: {e}"),
+            None if quiet_since.elapsed() > Duration::from_secs(60) => {
+                bail!("stalled: {rows} rows, {correct} of {expected} final counts, {outputs} outputs")
+            }
+            None => {}
+        }
+    }
+    let end = Instant::now();
+    let (t0, cpu0, broker0, at) = start.unwrap_or((end, 0.0, None, 0));
+    let cpu1 = cpu_seconds(pid).unwrap_or(cpu0);
+    if let Truth::Rows { count, duration_sum: want_sum, misses: want_misses } = truth {
+        if rows != *count || duration_sum != *want_sum {
+            bail!("wrong output: {rows} rows with duration sum {duration_sum}, want {count} and {want_sum}");
+        }
+        if let Some(m) = want_misses
+            && *m != misses
+        {
+            bail!("wrong output: {misses} unjoined rows, want {m}");
+        }
+    }
+    // Input records the measured window covers: the share of the outputs after the warm-up
+    // (P1 keeps ~90% of its input); for P3 all of them.
+    let input_records = match truth {
+        Truth::Rows { .. } | Truth::Copies(_) => {
+            (n as f64 * (expected - at.min(expected)) as f64 / expected.max(1) as f64) as usize
+        }
+        Truth::Counts(_) => n,
+    };
+    let seconds = end.duration_since(t0).as_secs_f64().max(1e-3);
+    let million = input_records as f64 / 1e6;
+    Ok(Measured {
+        rate: input_records as f64 / seconds,
+        cpu_per_million: (cpu1 - cpu0) / million,
+        broker_cpu_per_million: broker.and_then(cpu_seconds).zip(broker0).map(|(b1, b0)| (b1 - b0) / million),
+        outputs,
+    })
+}
+
+/// `java`, or the one in `$JAVA_HOME`.
+pub fn java() -> String {
+    std::env::var("JAVA_HOME").map_or_else(|_| "java".into(), |h| format!("{h}/bin/java"))
+}
+
+/// The Kafka Streams program's jar, built with Maven when missing.
+pub fn kstreams_jar(root: &Path) -> anyhow::Result<PathBuf> {
+    let jar = root.join("target/sluice-bench-kstreams.jar");
+    if !jar.exists() {
+        let status = Command::new("mvn").args(["-q", "-B", "package"]).current_dir(root).status()?;
+        if !status.success() {
+            bail!("building {} with Maven failed", root.display());
+        }
+    }
+    Ok(jar)
+}
