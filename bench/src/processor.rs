@@ -90,7 +90,7 @@ struct View {
 
 fn view(i: usize, base: i64, n: usize) -> View {
     // Every 20th view names a user that is not in the table.
-    let user = if i % 20 == 0 { USERS + i % USERS } else { (i * 7919) % USERS };
+    let user = if i.is_multiple_of(20) { USERS + i % USERS } else { (i * 7919) % USERS };
     View {
         user: format!("user_{user:06}"),
         page: (i * 104_729) % PAGES,
