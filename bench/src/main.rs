@@ -114,6 +114,26 @@ enum Cmd {
         #[arg(long)]
         broker_pid: Option<u32>,
     },
+    /// P4: restore of a latest-value table, in the processor and in Kafka Streams.
+    P4 {
+        #[arg(long, env = "SLUICE_TEST_BOOTSTRAP")]
+        bootstrap: String,
+        /// The `sluice-processor` binary (a release build).
+        #[arg(long)]
+        processor: PathBuf,
+        /// The Kafka Streams program's Maven project (built when its jar is missing).
+        #[arg(long, default_value = "bench/kstreams")]
+        kstreams: PathBuf,
+        /// Systems.
+        #[arg(long, value_delimiter = ',', default_value = "sluice,kstreams")]
+        systems: Vec<processor::System>,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        /// Runs of each (the median is reported).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
     /// The ceiling: consume `input`, produce each record's key and value to `output`, commit.
     RawLoop {
         #[arg(long)]
@@ -133,17 +153,48 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::RawLoop { bootstrap, input, output, group, json } => raw_loop(&bootstrap, &input, &output, &group, json),
-        Cmd::P {
-            bootstrap,
-            processor,
-            kstreams,
-            workloads,
-            systems,
-            records,
-            runs,
-            at_least_once,
-            broker_pid,
-        } => {
+        Cmd::P4 { bootstrap, processor, kstreams, systems, keys, runs } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let bench = processor::Bench {
+                bootstrap,
+                processor,
+                kstreams_jar: processor::kstreams_jar(&kstreams)?,
+                java: processor::java(),
+                exactly_once: true,
+                broker_pid: None,
+                partitions: 4,
+            };
+            println!(
+                "| system | keys | runs | catch-up records/s | ready after a clean restart (s) | with an empty state dir (s) | after SIGKILL, exactly-once (s) |"
+            );
+            println!("| --- | --- | --- | --- | --- | --- | --- |");
+            for system in systems {
+                let mut results = Vec::new();
+                for run in 0..runs {
+                    let r = rt.block_on(bench.p4(system, keys)).with_context(|| format!("P4 {system:?} run {run}"))?;
+                    eprintln!(
+                        "P4 {system:?} run {run}: catch-up {:.0}/s, clean {:.2} s, empty {:.2} s, SIGKILL {:.2} s",
+                        r.catch_up_rate, r.clean_restart, r.empty_state, r.after_sigkill
+                    );
+                    results.push(r);
+                }
+                let median = |f: fn(&processor::Restore) -> f64| {
+                    let mut v: Vec<f64> = results.iter().map(f).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                println!(
+                    "| {} | {keys} | {runs} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    format!("{system:?}").to_lowercase(),
+                    median(|r| r.catch_up_rate),
+                    median(|r| r.clean_restart),
+                    median(|r| r.empty_state),
+                    median(|r| r.after_sigkill),
+                );
+            }
+            Ok(())
+        }
+        Cmd::P { bootstrap, processor, kstreams, workloads, systems, records, runs, at_least_once, broker_pid } => {
             let rt = tokio::runtime::Runtime::new()?;
             let bench = processor::Bench {
                 bootstrap,
@@ -590,7 +641,8 @@ fn raw_loop(bootstrap: &str, input: &str, output: &str, group: &str, json: bool)
             let encoded;
             if let Some(v) = m.payload() {
                 if json {
-                    encoded = serde_json::from_slice::<Value>(v).map(|j| j.to_string().into_bytes()).unwrap_or_default();
+                    encoded =
+                        serde_json::from_slice::<Value>(v).map(|j| j.to_string().into_bytes()).unwrap_or_default();
                     record = record.payload(encoded.as_slice());
                 } else {
                     record = record.payload(v);

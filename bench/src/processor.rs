@@ -222,7 +222,8 @@ fn preload(b: &Bench, w: Workload, n: usize, input: &str, users: &str) -> anyhow
 }
 
 async fn create_topics(b: &Bench, names: &[&str]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &b.bootstrap).create()?;
     let topics: Vec<NewTopic<'_>> =
         names.iter().map(|t| NewTopic::new(t, b.partitions, TopicReplication::Fixed(1))).collect();
     for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
@@ -287,7 +288,7 @@ impl Bench {
                 c.arg("commit=100");
                 c.arg("threads=2");
                 c.arg(format!("state={}", dir.join("kstreams").to_string_lossy()));
-                c.env("JAVA_TOOL_OPTIONS", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn");
+                c.env("JAVA_TOOL_OPTIONS", "-Dorg.slf4j.simpleLogger.defaultLogLevel=error");
                 c
             }
         };
@@ -389,12 +390,8 @@ fn verify(
                     _ => rows,
                 };
                 if start.is_none() && progress > warm_up {
-                    start = Some((
-                        Instant::now(),
-                        cpu_seconds(pid).unwrap_or(0.0),
-                        broker.and_then(cpu_seconds),
-                        progress,
-                    ));
+                    start =
+                        Some((Instant::now(), cpu_seconds(pid).unwrap_or(0.0), broker.and_then(cpu_seconds), progress));
                 }
             }
             Some(Err(e)) => bail!("verifier: {e}"),
@@ -450,4 +447,192 @@ pub fn kstreams_jar(root: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(jar)
+}
+
+/// What P4 measured for one system: seconds from the process start until a record produced
+/// after the start comes out (the state restored and processing again).
+pub struct Restore {
+    pub catch_up_rate: f64,
+    pub clean_restart: f64,
+    pub empty_state: f64,
+    pub after_sigkill: f64,
+}
+
+impl Bench {
+    fn p4_command(&self, system: System, name: &str, input: &str, output: &str, dir: &Path) -> anyhow::Result<Command> {
+        Ok(match system {
+            System::Sluice => {
+                let config = serde_json::json!({
+                    "applicationId": name,
+                    "kafka": {"bootstrapServers": self.bootstrap},
+                    "sql": format!(
+                        "CREATE STREAM KV (k VARCHAR KEY, v VARCHAR) WITH (kafka_topic = '{input}', value_format = 'json');
+                         CREATE TABLE LATEST WITH (kafka_topic = '{output}') AS SELECT k, LATEST_BY_OFFSET(v) AS v FROM KV GROUP BY k;"
+                    ),
+                    "replicas": 1,
+                    "ordinal": 0,
+                    "stateDir": dir.join("state").to_string_lossy(),
+                    "exactlyOnce": self.exactly_once,
+                    "commitInterval": "100ms",
+                    "listen": format!("127.0.0.1:{}", free_port()?),
+                });
+                let path = dir.join("processor.yaml");
+                std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+                let mut c = Command::new(&self.processor);
+                c.args(["run", "--config"]).arg(&path).env("RUST_LOG", "warn");
+                c
+            }
+            System::Kstreams => {
+                let mut c = Command::new(&self.java);
+                c.args(["-Xms1g", "-Xmx1g", "-jar"]).arg(&self.kstreams_jar).arg("p4");
+                c.arg(format!("bootstrap={}", self.bootstrap));
+                c.arg(format!("application={name}"));
+                c.arg(format!("input={input}"));
+                c.arg(format!("output={output}"));
+                c.arg(format!("guarantee={}", if self.exactly_once { "exactly_once_v2" } else { "at_least_once" }));
+                c.arg("commit=100").arg("threads=2");
+                c.arg(format!("state={}", dir.join("kstreams").to_string_lossy()));
+                c.env("JAVA_TOOL_OPTIONS", "-Dorg.slf4j.simpleLogger.defaultLogLevel=error");
+                c
+            }
+            other => bail!("P4 compares sluice and kstreams, not {other:?}"),
+        })
+    }
+
+    /// P4: `n` distinct keys (100-byte values) into a latest-value table; then the time until a
+    /// new record is processed after a clean restart, with an empty state directory, and after
+    /// SIGKILL.
+    pub async fn p4(&self, system: System, n: usize) -> anyhow::Result<Restore> {
+        let name = unique(&format!("p4-{system:?}").to_lowercase());
+        let (input, output) = (format!("{name}-kv"), format!("{name}-out"));
+        create_topics(self, &[&input, &output]).await?;
+        let bootstrap = self.bootstrap.clone();
+        let topic = input.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let p = producer(&bootstrap)?;
+            for i in 0..n {
+                let value = format!("{{\"v\":\"{i:010}{}\"}}", "x".repeat(78));
+                send(&p, &topic, &format!("key_{i:07}"), &value, now_ms());
+            }
+            p.flush(Duration::from_secs(120))?;
+            Ok(())
+        })
+        .await??;
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let spawn = |b: &Bench| -> anyhow::Result<Killed> {
+            let mut c = b.p4_command(system, &name, &input, &output, &dir)?;
+            c.stdout(Stdio::null()).stderr(Stdio::inherit());
+            Ok(Killed(c.spawn()?))
+        };
+        // Catch up: every key's latest value out.
+        let started = Instant::now();
+        let child = spawn(self)?;
+        let (b, out) = (self.bootstrap.clone(), output.clone());
+        tokio::task::spawn_blocking(move || wait_for_keys(&b, &out, n)).await??;
+        let catch_up_rate = n as f64 / started.elapsed().as_secs_f64();
+        let mut marker = 0;
+        let mut restart = |child: Killed, how: &str| -> anyhow::Result<(Killed, f64)> {
+            match how {
+                "kill" => drop(child),
+                _ => terminate(child)?,
+            }
+            if how == "wipe" {
+                for sub in ["state", "kstreams"] {
+                    std::fs::remove_dir_all(dir.join(sub)).ok();
+                }
+            }
+            marker += 1;
+            let consumer = output_consumer(&self.bootstrap, &output, true)?;
+            let p = producer(&self.bootstrap)?;
+            let t0 = Instant::now();
+            let child = spawn(self)?;
+            let key = format!("marker_{marker}");
+            send(&p, &input, &key, "{\"v\":\"marker\"}", now_ms());
+            p.flush(Duration::from_secs(30))?;
+            wait_for_key(&consumer, &key)?;
+            Ok((child, t0.elapsed().as_secs_f64()))
+        };
+        let (child, clean_restart) = restart(child, "term")?;
+        let (child, empty_state) = restart(child, "wipe")?;
+        let (child, after_sigkill) = restart(child, "kill")?;
+        terminate(child)?;
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(Restore { catch_up_rate, clean_restart, empty_state, after_sigkill })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// SIGTERM, then wait for the exit.
+fn terminate(mut child: Killed) -> anyhow::Result<()> {
+    let pid = child.0.id();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.0.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("pid {pid} did not stop within a minute of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A `read_committed` reader of `topic`, from the beginning or from its current end.
+fn output_consumer(bootstrap: &str, topic: &str, from_end: bool) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("verify"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let from = if from_end {
+            Offset::Offset(consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)
+        } else {
+            Offset::Beginning
+        };
+        tpl.add_partition_offset(topic, p, from)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Wait until `n` distinct keys came out.
+fn wait_for_keys(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<()> {
+    let consumer = output_consumer(bootstrap, topic, false)?;
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut quiet = Instant::now();
+    while seen.len() < n {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet = Instant::now();
+                seen.insert(m.key().unwrap_or_default().to_vec());
+            }
+            Some(Err(e)) => bail!("verifier: {e}"),
+            None if quiet.elapsed() > Duration::from_secs(120) => bail!("stalled at {} of {n} keys", seen.len()),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Wait until `key` comes out.
+fn wait_for_key(consumer: &BaseConsumer, key: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50))
+            && m.key() == Some(key.as_bytes())
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{key} did not come out within 10 minutes");
+        }
+    }
 }

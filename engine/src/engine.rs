@@ -404,6 +404,14 @@ impl<S: StateStore> Engine<S> {
         produced
     }
 
+    /// Save every query's stream time where it moved (see [`Query::save_stream_time`]).
+    pub fn save_stream_times(&mut self) {
+        for q in &mut self.queries {
+            q.save_stream_time(&mut self.store);
+        }
+        self.store.set_partition(None);
+    }
+
     /// The topics the queries read, and those they write.
     pub fn topics(&self) -> (Vec<String>, Vec<String>) {
         let mut read: Vec<String> = self.queries.iter().flat_map(|q| q.inputs.iter().cloned()).collect();

@@ -57,12 +57,22 @@ pub struct Query {
     pub single_partition: bool,
     kind: Kind,
     writer: Writer,
-    /// Stream time per input partition.
+    /// Stream time per input partition (windowed aggregates), loaded from the store on first
+    /// use and saved there by [`Query::save_stream_time`], so it survives a restart.
     stream_time: std::collections::BTreeMap<i32, i64>,
+    /// Partitions whose stream time moved since it was last saved.
+    stream_time_moved: BTreeSet<i32>,
     /// Records dropped because they could not be processed (see the processing log).
     pub dropped: u64,
     /// Window updates dropped because they arrived after the window closed (end + grace).
     pub late: u64,
+    /// Windows deleted past retention.
+    pub expired: u64,
+}
+
+/// A window start as bytes that sort like the number (the sign bit flipped).
+fn ordered(start: i64) -> [u8; 8] {
+    (start ^ i64::MIN).to_be_bytes()
 }
 
 #[derive(Debug)]
@@ -556,8 +566,10 @@ fn plan_select(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Target
             kind: Kind::Select(Box::new(Select { reader, filter, key: key_exprs_out, value: value_exprs, rekeyed })),
             writer,
             stream_time: Default::default(),
+            stream_time_moved: Default::default(),
             dropped: 0,
             late: 0,
+            expired: 0,
         },
         sink,
     })
@@ -644,6 +656,9 @@ struct Agg {
     group: Vec<Expr>,
     aggs: Vec<(Aggregate, Vec<Expr>)>,
     window: Option<WindowSpec>,
+    /// Tumbling and hopping windows: their state is deleted once stream time is this far past
+    /// their start.
+    retention: Option<i64>,
     having: Option<Expr>,
     key: Vec<Expr>,
     value: Vec<Expr>,
@@ -737,6 +752,18 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
     if reader.window().is_some() && window.is_some() {
         return Err(err(q.pos, "Cannot apply a WINDOW to an already windowed source"));
     }
+    // How long a tumbling or hopping window's state is kept after it starts: Kafka Streams'
+    // size + grace, or `RETENTION` when that is longer. Sessions are kept.
+    let retention = match (&q.window, window) {
+        (Some(WindowExpr::Tumbling { options, .. } | WindowExpr::Hopping { options, .. }), Some(spec)) => {
+            let size = match spec {
+                WindowSpec::Tumbling { size, .. } | WindowSpec::Hopping { size, .. } => size,
+                WindowSpec::Session { .. } => 0,
+            };
+            Some(size.saturating_add(spec.grace()).max(options.retention.as_ref().map_or(0, window_ms)))
+        }
+        _ => None,
+    };
     let taken: Vec<String> = scope.fields.iter().map(|f| f.name.clone()).collect();
     let items = name_items(&q.select, &|qf, pos| source_star(&reader, qf, pos), &taken, &[])?;
     // Extract aggregate calls into post-aggregation columns.
@@ -923,6 +950,7 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
                 group,
                 aggs,
                 window,
+                retention,
                 having,
                 key: key_exprs,
                 value: value_exprs,
@@ -930,8 +958,10 @@ fn plan_aggregate(catalog: &Catalog, q: &ast::Query, reader: Reader, target: Tar
             })),
             writer,
             stream_time: Default::default(),
+            stream_time_moved: Default::default(),
             dropped: 0,
             late: 0,
+            expired: 0,
         },
         sink,
     })
@@ -1220,8 +1250,10 @@ fn plan_join(catalog: &Catalog, q: &ast::Query, join: &ast::Join, target: Target
             })),
             writer,
             stream_time: Default::default(),
+            stream_time_moved: Default::default(),
             dropped: 0,
             late: 0,
+            expired: 0,
         },
         sink,
     })
@@ -1395,8 +1427,26 @@ impl Query {
             }
             Kind::Aggregate(a) => {
                 let input = a.reader.decode(rec)?;
-                let time = self.stream_time.entry(input.partition).or_insert(i64::MIN);
-                *time = (*time).max(input.ts);
+                let time = match self.stream_time.entry(input.partition) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let saved = if a.window.is_some() {
+                            store
+                                .get(&format!("{id}-time"), &input.partition.to_be_bytes())
+                                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                                .map(i64::from_be_bytes)
+                        } else {
+                            None
+                        };
+                        e.insert(saved.unwrap_or(i64::MIN))
+                    }
+                };
+                if input.ts > *time {
+                    *time = input.ts;
+                    if a.window.is_some() {
+                        self.stream_time_moved.insert(input.partition);
+                    }
+                }
                 let now = *time;
                 self.late += a.process(&id, &input, now, store, &mut emit)?;
             }
@@ -1421,6 +1471,65 @@ impl Query {
     /// its state in one logical partition (0), which is correct with a single replica.
     pub fn needs_repartition(&self) -> bool {
         self.single_partition || self.repartitions.iter().any(|r| r.topic.is_empty())
+    }
+
+    /// Delete the windows of the partitions where stream time moved that are past retention
+    /// (their state, and their EMIT FINAL and HAVING marks), through the `<id>-expiry` index
+    /// ordered by window start, so the work is the number of windows expired.
+    fn expire(&self, store: &mut dyn StateStore) -> usize {
+        let Kind::Aggregate(a) = &self.kind else { return 0 };
+        let Some(retention) = a.retention else { return 0 };
+        let single = self.needs_repartition();
+        let (index_store, agg_store) = (format!("{}-expiry", self.id), format!("{}-agg", self.id));
+        let (final_store, having_store) = (format!("{}-final", self.id), format!("{}-having", self.id));
+        let mut expired = 0;
+        for p in &self.stream_time_moved {
+            let Some(now) = self.stream_time.get(p) else { continue };
+            // Windows starting at or before the cutoff are gone.
+            let cutoff = now.saturating_sub(retention);
+            store.set_partition(Some(if single { 0 } else { *p }));
+            for (index, _) in store.range_to(&index_store, &ordered(cutoff.saturating_add(1))) {
+                let (start, gkey) = index.split_at(8);
+                let start = i64::from_be_bytes(start.try_into().unwrap_or([0; 8])) ^ i64::MIN;
+                let mut k = gkey.to_vec();
+                k.extend_from_slice(&start.to_be_bytes());
+                store.delete(&agg_store, &k);
+                if a.emit_final {
+                    store.delete(&final_store, &k);
+                }
+                if a.having.is_some()
+                    && let Some(group) = decode_row(gkey)
+                {
+                    let states: Vec<Value> = a.aggs.iter().map(|(g, _)| g.init()).collect();
+                    let size = match a.window {
+                        Some(WindowSpec::Tumbling { size, .. } | WindowSpec::Hopping { size, .. }) => size,
+                        _ => 0,
+                    };
+                    let w = Window { start, end: start.saturating_add(size) };
+                    let mut flag = encode_row(&eval_all(&a.key, &a.result_row(&group, &states, Some(w))));
+                    flag.extend_from_slice(&start.to_be_bytes());
+                    store.delete(&having_store, &flag);
+                }
+                store.delete(&index_store, &index);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Write the stream time of the partitions where it moved to the store (`<id>-time`, keyed
+    /// by input partition, in that partition's state — or the single one), so windows that closed
+    /// stay closed after a restart. The runtime calls it once per commit, not per record.
+    pub fn save_stream_time(&mut self, store: &mut dyn StateStore) {
+        self.expired += self.expire(store) as u64;
+        let single = self.needs_repartition();
+        let name = format!("{}-time", self.id);
+        for p in std::mem::take(&mut self.stream_time_moved) {
+            if let Some(t) = self.stream_time.get(&p) {
+                store.set_partition(Some(if single { 0 } else { p }));
+                store.put(&name, p.to_be_bytes().to_vec(), t.to_be_bytes().to_vec());
+            }
+        }
     }
 
     /// Read the inputs that need it through repartition topics named `<prefix><id>-<suffix>`.
@@ -1631,7 +1740,7 @@ impl Agg {
         let gkey = encode_row(&group);
         match self.window {
             None => {
-                let (ts, states) = self.fold(store, &agg_store, gkey, &args, input.ts);
+                let (ts, states, _) = self.fold(store, &agg_store, gkey, &args, input.ts);
                 self.output(id, store, &group, &states, None, ts, emit)?;
             }
             Some(WindowSpec::Session { gap, grace }) => {
@@ -1690,7 +1799,12 @@ impl Agg {
                     }
                     let mut k = gkey.clone();
                     k.extend_from_slice(&w.start.to_be_bytes());
-                    let (ts, states) = self.fold(store, &agg_store, k, &args, input.ts);
+                    let (ts, states, created) = self.fold(store, &agg_store, k, &args, input.ts);
+                    if created && self.retention.is_some() {
+                        let mut index = ordered(w.start).to_vec();
+                        index.extend_from_slice(&gkey);
+                        store.put(&format!("{id}-expiry"), index, Vec::new());
+                    }
                     if !self.emit_final {
                         self.output(id, store, &group, &states, Some(w), ts, emit)?;
                     }
@@ -1704,7 +1818,8 @@ impl Agg {
     }
 
     /// Fold one record's arguments into the state under `key` (a group, or a group and window
-    /// start): returns the state's timestamp (the largest input timestamp) and the states.
+    /// start): returns the state's timestamp (the largest input timestamp), the states, and
+    /// whether the state is new.
     fn fold(
         &self,
         store: &mut dyn StateStore,
@@ -1712,11 +1827,11 @@ impl Agg {
         key: Vec<u8>,
         args: &[Value],
         ts: i64,
-    ) -> (i64, Vec<Value>) {
-        let (old_ts, mut states) =
+    ) -> (i64, Vec<Value>, bool) {
+        let (old_ts, mut states, created) =
             match store.get(agg_store, &key).and_then(|b| decode_row(&b)).filter(|r| r.len() == 1 + self.aggs.len()) {
-                Some(mut s) => (s[0].as_i64().unwrap_or(0), s.split_off(1)),
-                None => (ts, self.aggs.iter().map(|(a, _)| a.init()).collect()),
+                Some(mut s) => (s[0].as_i64().unwrap_or(0), s.split_off(1), false),
+                None => (ts, self.aggs.iter().map(|(a, _)| a.init()).collect(), true),
             };
         let ts = old_ts.max(ts);
         for (i, (a, _)) in self.aggs.iter().enumerate() {
@@ -1725,7 +1840,7 @@ impl Agg {
         let mut row = vec![Value::Bigint(ts)];
         row.extend(states.iter().cloned());
         store.put(agg_store, key, encode_row(&row));
-        (ts, states)
+        (ts, states, created)
     }
 
     /// `EMIT FINAL`: emit each window once stream time passes its end plus grace.

@@ -18,6 +18,10 @@ pub trait StateStore {
     fn delete(&mut self, store: &str, key: &[u8]);
     /// Every entry whose key starts with `prefix`, in key order.
     fn range(&self, store: &str, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
+    /// Every entry whose key sorts before `end`, in key order (stores override it to stop early).
+    fn range_to(&self, store: &str, end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.range(store, &[]).into_iter().take_while(|(k, _)| k.as_slice() < end).collect()
+    }
     /// The input partition whose record is being processed: a partitioned store keeps each
     /// partition's state apart (and changelogs it to that partition). `None`: reads span every
     /// partition (pull queries).
@@ -51,6 +55,11 @@ impl StateStore for MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    fn range_to(&self, store: &str, end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Some(s) = self.stores.get(store) else { return Vec::new() };
+        s.range(..end.to_vec()).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 

@@ -90,3 +90,74 @@ fn re_keyed_streams_go_through_their_repartition_topics() {
     let tombstone = Record { value: None, ..trade };
     assert!(engine.process(tombstone).is_empty());
 }
+
+/// Stream time is part of the state: after a restart (a new engine over the same store) a
+/// window that had closed stays closed.
+#[test]
+fn stream_time_survives_a_restart() {
+    const COUNTS: &str = "
+        CREATE STREAM CLICKS (page VARCHAR) WITH (kafka_topic = 'clicks', value_format = 'json');
+        CREATE TABLE PER_MINUTE AS SELECT page, COUNT(*) AS n FROM CLICKS
+          WINDOW TUMBLING (SIZE 60 SECONDS, GRACE PERIOD 0 SECONDS) GROUP BY page;";
+    let click = |ts: i64| Record {
+        topic: "clicks".into(),
+        key: None,
+        value: Some(br#"{"page": "home"}"#.to_vec()),
+        timestamp: ts,
+        partition: 2,
+        offset: 0,
+        headers: Vec::new(),
+    };
+    let mut engine = Engine::default();
+    engine.execute_script(COUNTS).unwrap();
+    assert_eq!(engine.process(click(10_000)).len(), 1);
+    assert_eq!(engine.process(click(130_000)).len(), 1, "stream time is now 130 s: [0, 60 s) closed");
+    assert!(engine.process(click(20_000)).is_empty(), "late");
+    engine.save_stream_times();
+
+    let mut restarted = Engine::new(engine.store.clone());
+    restarted.execute_script(COUNTS).unwrap();
+    assert!(restarted.process(click(30_000)).is_empty(), "still late after the restart");
+    assert_eq!(restarted.process(click(125_000)).len(), 1, "the open window takes records");
+    // Without the saved time the closed window would have opened again.
+    let mut forgetful = Engine::default();
+    forgetful.execute_script(COUNTS).unwrap();
+    assert_eq!(forgetful.process(click(30_000)).len(), 1);
+}
+
+/// Windows past retention (size + grace, or RETENTION when longer) leave the state when stream
+/// time is saved; open ones stay.
+#[test]
+fn windows_past_retention_are_deleted() {
+    use sluice_engine::store::StateStore;
+    let sql = "
+        CREATE STREAM CLICKS (page VARCHAR) WITH (kafka_topic = 'clicks', value_format = 'json');
+        CREATE TABLE PER_MINUTE AS SELECT page, COUNT(*) AS n FROM CLICKS
+          WINDOW TUMBLING (SIZE 60 SECONDS, RETENTION 2 MINUTES, GRACE PERIOD 0 SECONDS) GROUP BY page;";
+    let click = |page: &str, ts: i64| Record {
+        topic: "clicks".into(),
+        key: None,
+        value: Some(format!(r#"{{"page": "{page}"}}"#).into_bytes()),
+        timestamp: ts,
+        partition: 0,
+        offset: 0,
+        headers: Vec::new(),
+    };
+    let mut engine = Engine::default();
+    engine.execute_script(sql).unwrap();
+    for (page, ts) in [("a", 0), ("b", 30_000), ("a", 70_000), ("a", 130_000)] {
+        engine.process(click(page, ts));
+    }
+    let windows = |e: &Engine| e.store.range("CTAS_PER_MINUTE_1-agg", &[]).len();
+    assert_eq!(windows(&engine), 4, "a@0, b@0, a@60s, a@120s");
+    engine.save_stream_times();
+    // Stream time 130 s, retention 120 s (longer than size + grace): windows starting at or
+    // before 10 s are gone.
+    assert_eq!(windows(&engine), 2, "a@60s and a@120s remain");
+    engine.process(click("c", 185_000));
+    engine.save_stream_times();
+    // Stream time 185 s: a@60s goes too.
+    assert_eq!(windows(&engine), 2, "a@120s and c@180s remain");
+    assert_eq!(engine.queries[0].expired, 3);
+    assert_eq!(engine.store.range("CTAS_PER_MINUTE_1-expiry", &[]).len(), 2);
+}

@@ -1,5 +1,6 @@
 //! The processor's HTTP side: ksqlDB-compatible `/info`, `/healthcheck`, `/ksql` (read-only
-//! statements), `/query` (pull queries), and `/metrics`, `/healthz`, `/readyz`.
+//! statements), `/query` and `/query-stream` (pull and push queries), and `/metrics`, `/healthz`,
+//! `/readyz`.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -26,6 +27,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ksql", post(ksql))
         .route("/query", post(query))
+        .route("/query-stream", post(query_stream))
         .with_state(shared)
 }
 
@@ -68,8 +70,9 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn statement_of(body: &Json_) -> Result<(Statement, String), Box<Response>> {
-    let Some(sql) = body.get("ksql").and_then(Json_::as_str) else {
-        return Err(Box::new(error(StatusCode::BAD_REQUEST, "the request needs a \"ksql\" string")));
+    // `/ksql` and `/query` take "ksql", `/query-stream` takes "sql".
+    let Some(sql) = body.get("ksql").or_else(|| body.get("sql")).and_then(Json_::as_str) else {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "the request needs a \"ksql\" (or \"sql\") string")));
     };
     let mut parsed =
         sluice_sql::parse_statements(sql).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
@@ -157,20 +160,161 @@ enum Route {
     Everyone,
 }
 
-/// `/query`: pull queries on materialized tables, as ksqlDB's `/query` answers them. A key lookup
-/// goes to the replica owning the key's partition; a scan gathers every replica's rows.
+/// How a query's answer is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// ksqlDB's `/query`: one JSON array of `{"header": ...}` then `{"row": {"columns": [...]}}`.
+    Query,
+    /// `/query-stream` with `application/vnd.ksqlapi.delimited.v1` (the default): a header object
+    /// (`queryId`, `columnNames`, `columnTypes`), then one JSON array per row, one per line.
+    Delimited,
+    /// `/query-stream` with `Accept: application/json`: one JSON array of the header and the rows.
+    JsonArray,
+}
+
+impl Style {
+    fn content_type(self) -> &'static str {
+        match self {
+            Style::Delimited => "application/vnd.ksqlapi.delimited.v1",
+            Style::Query | Style::JsonArray => "application/json",
+        }
+    }
+
+    /// The opening of the answer.
+    fn header(self, id: &str, schema: &str) -> String {
+        match self {
+            Style::Query => format!("[{},\n", json!({"header": {"queryId": id, "schema": schema}})),
+            Style::Delimited | Style::JsonArray => {
+                let (names, types) = columns_of(schema);
+                let header = json!({"queryId": id, "columnNames": names, "columnTypes": types});
+                if self == Style::Delimited { format!("{header}\n") } else { format!("[{header}") }
+            }
+        }
+    }
+
+    /// One row; `last` closes the answer.
+    fn row(self, row: Json_, last: bool) -> String {
+        match self {
+            Style::Query => {
+                let line = json!({"row": {"columns": row}});
+                if last { format!("{line}\n]\n") } else { format!("{line},\n") }
+            }
+            Style::Delimited => format!("{row}\n"),
+            Style::JsonArray => {
+                if last {
+                    format!(",\n{row}]\n")
+                } else {
+                    format!(",\n{row}")
+                }
+            }
+        }
+    }
+
+    /// The close of an answer whose last row was written without `last` (or had no rows).
+    fn end(self) -> &'static str {
+        match self {
+            Style::Query | Style::JsonArray => "]\n",
+            Style::Delimited => "",
+        }
+    }
+
+    /// A whole answer.
+    fn answer(self, id: &str, schema: &str, rows: Vec<Json_>) -> Response {
+        let mut text = self.header(id, schema);
+        for r in rows {
+            text.push_str(&self.row(r, false));
+        }
+        if self == Style::Query && text.ends_with(",\n") {
+            text.truncate(text.len() - 2);
+            text.push('\n');
+        }
+        text.push_str(self.end());
+        ([(header::CONTENT_TYPE, self.content_type())], text).into_response()
+    }
+}
+
+/// Column names and types of a schema text (`` `A` STRING, `B` DECIMAL(10, 2) ``).
+fn columns_of(schema: &str) -> (Vec<String>, Vec<String>) {
+    let (mut names, mut types) = (Vec::new(), Vec::new());
+    let mut depth = 0i32;
+    let mut part = String::new();
+    let mut parts = Vec::new();
+    let mut quoted = false;
+    for c in schema.chars() {
+        match c {
+            '`' => quoted = !quoted,
+            '<' | '(' if !quoted => depth += 1,
+            '>' | ')' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                parts.push(std::mem::take(&mut part));
+                continue;
+            }
+            _ => {}
+        }
+        part.push(c);
+    }
+    parts.push(part);
+    for p in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let (name, ty) = match p.strip_prefix('`').and_then(|r| r.split_once('`')) {
+            Some((name, rest)) => (name.to_owned(), rest.trim()),
+            None => match p.split_once(' ') {
+                Some((n, t)) => (n.to_owned(), t.trim()),
+                None => (p.to_owned(), ""),
+            },
+        };
+        // Key columns carry a trailing KEY in the schema text.
+        let ty = ty.strip_suffix(" KEY").unwrap_or(ty);
+        names.push(name);
+        types.push(ty.to_owned());
+    }
+    (names, types)
+}
+
+/// `/query`: pull queries on materialized tables, as ksqlDB's `/query` answers them, and push
+/// queries (`EMIT CHANGES`).
 async fn query(State(s): State<Arc<Shared>>, headers: HeaderMap, Json(body): Json<Json_>) -> Response {
+    answer(s, &headers, body, Style::Query).await
+}
+
+/// `/query-stream`: the same queries in ksqlDB's newer protocol (`{"sql": ...}`; delimited rows,
+/// or one JSON array with `Accept: application/json`).
+async fn query_stream(State(s): State<Arc<Shared>>, headers: HeaderMap, Json(body): Json<Json_>) -> Response {
+    let json_array = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json") && !a.contains("delimited"));
+    answer(s, &headers, body, if json_array { Style::JsonArray } else { Style::Delimited }).await
+}
+
+async fn answer(s: Arc<Shared>, headers: &HeaderMap, body: Json_, style: Style) -> Response {
     let (statement, _) = match statement_of(&body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let Statement::Query(q) = &statement else { return error(StatusCode::BAD_REQUEST, "/query takes a SELECT") };
+    let Statement::Query(q) = &statement else { return error(StatusCode::BAD_REQUEST, "a query takes a SELECT") };
     if q.emit.is_some() {
-        return push_query(s, q);
+        return push_query(s, q, style);
     }
+    match pull(&s, headers, &body, q).await {
+        Ok((schema, rows)) => style.answer("pull", &schema, rows),
+        Err(r) => *r,
+    }
+}
+
+/// A pull query's schema and rows. A key lookup goes to the replica owning the key's
+/// partition; a scan gathers every replica's rows (peers are asked through `/query`).
+async fn pull(
+    s: &Arc<Shared>,
+    headers: &HeaderMap,
+    body: &Json_,
+    q: &sluice_sql::ast::Query,
+) -> Result<(String, Vec<Json_>), Box<Response>> {
+    let fail = |code, message: String| Box::new(error(code, message));
     let forwarded = headers.contains_key(FORWARDED);
     let (route, local) = {
-        let Ok(engine) = s.engine.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable") };
+        let Ok(engine) = s.engine.lock() else {
+            return Err(fail(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable".into()));
+        };
         let route = if forwarded || s.replicas <= 1 {
             Route::Local
         } else {
@@ -189,47 +333,40 @@ async fn query(State(s): State<Arc<Shared>>, headers: HeaderMap, Json(body): Jso
         Ok(Outcome::Rows { schema, rows }) => {
             (schema, rows.iter().map(|r| Json_::Array(r.iter().map(json_value).collect())).collect::<Vec<_>>())
         }
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "not a pull query"),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(_) => return Err(fail(StatusCode::BAD_REQUEST, "not a pull query".into())),
+        Err(e) => return Err(fail(StatusCode::BAD_REQUEST, e.to_string())),
     };
-    match route {
-        Route::Local => {}
+    let peers: Vec<usize> = match route {
+        Route::Local => Vec::new(),
         Route::Owner(owner) => {
-            let Some(peer) = s.peers.get(owner) else {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no peer address for replica {owner}: set peers"),
-                );
-            };
-            return match forward(peer, &body).await {
-                Ok(answer) => Json(answer).into_response(),
-                Err(e) => error(StatusCode::BAD_GATEWAY, format!("forwarding to replica {owner} ({peer}): {e}")),
-            };
+            rows.clear();
+            vec![owner]
         }
-        Route::Everyone => {
-            for (i, peer) in s.peers.iter().enumerate() {
-                if i as i32 == s.ordinal || i as i32 >= s.replicas {
-                    continue;
-                }
-                match forward(peer, &body).await {
-                    Ok(Json_::Array(parts)) => {
-                        rows.extend(parts.iter().filter_map(|p| p.get("row").map(|r| r["columns"].clone())));
-                    }
-                    Ok(other) => return error(StatusCode::BAD_GATEWAY, format!("replica {i} answered {other}")),
-                    Err(e) => return error(StatusCode::BAD_GATEWAY, format!("scanning replica {i} ({peer}): {e}")),
-                }
+        Route::Everyone => (0..s.replicas as usize).filter(|i| *i as i32 != s.ordinal).collect(),
+    };
+    // Peers answer `/query`, which takes "ksql".
+    let sql = body.get("ksql").or_else(|| body.get("sql")).cloned().unwrap_or(Json_::Null);
+    let forwarded_body =
+        json!({"ksql": sql, "streamsProperties": body.get("properties").cloned().unwrap_or(json!({}))});
+    for i in peers {
+        let Some(peer) = s.peers.get(i) else {
+            return Err(fail(StatusCode::SERVICE_UNAVAILABLE, format!("no peer address for replica {i}: set peers")));
+        };
+        match forward(peer, &forwarded_body).await {
+            Ok(Json_::Array(parts)) => {
+                rows.extend(parts.iter().filter_map(|p| p.get("row").map(|r| r["columns"].clone())));
             }
+            Ok(other) => return Err(fail(StatusCode::BAD_GATEWAY, format!("replica {i} answered {other}"))),
+            Err(e) => return Err(fail(StatusCode::BAD_GATEWAY, format!("asking replica {i} ({peer}): {e}"))),
         }
     }
-    let mut out = vec![json!({"header": {"queryId": "pull", "schema": schema}})];
-    out.extend(rows.into_iter().map(|r| json!({"row": {"columns": r}})));
-    Json(Json_::Array(out)).into_response()
+    Ok((schema, rows))
 }
 
 /// A push query: the header, then each row as the replica's records produce it, streamed as
 /// ksqlDB's `/query` streams them (one JSON array, one element per line), until `LIMIT` rows or
 /// the client goes away. Each replica answers for the partitions it owns.
-fn push_query(s: Arc<Shared>, q: &sluice_sql::ast::Query) -> Response {
+fn push_query(s: Arc<Shared>, q: &sluice_sql::ast::Query, style: Style) -> Response {
     let push = {
         let Ok(mut engine) = s.engine.lock() else {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable");
@@ -240,13 +377,12 @@ fn push_query(s: Arc<Shared>, q: &sluice_sql::ast::Query) -> Response {
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Json_>>(10_000);
-    let header = json!({"header": {"queryId": push.id, "schema": push.schema}});
+    let first = style.header(&push.id, &push.schema);
     if let Ok(mut subscribers) = s.push.lock() {
         subscribers.insert(push.topic.clone(), (push.clone(), tx));
     }
     let push = push.clone();
     let limit = q.limit;
-    let first = format!("[{header},\n");
     struct State {
         rx: tokio::sync::mpsc::Receiver<Vec<Json_>>,
         sent: u64,
@@ -255,8 +391,9 @@ fn push_query(s: Arc<Shared>, q: &sluice_sql::ast::Query) -> Response {
         first: Option<String>,
         shared: Arc<Shared>,
         push: sluice_engine::PushQuery,
+        style: Style,
     }
-    let state = State { rx, sent: 0, limit, done: false, first: Some(first), shared: s.clone(), push };
+    let state = State { rx, sent: 0, limit, done: false, first: Some(first), shared: s.clone(), push, style };
     let stream = futures::stream::unfold(state, |mut st| async move {
         if let Some(first) = st.first.take() {
             return Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(first)), st));
@@ -268,8 +405,8 @@ fn push_query(s: Arc<Shared>, q: &sluice_sql::ast::Query) -> Response {
             Some(row) => {
                 st.sent += 1;
                 let last = st.limit.is_some_and(|l| st.sent >= l);
-                let line = json!({"row": {"columns": row}});
-                let text = if last {
+                let text = st.style.row(Json_::Array(row), last);
+                if last {
                     st.done = true;
                     // The client has what it asked for: stop the query now.
                     if let Ok(mut subscribers) = st.shared.push.lock() {
@@ -278,16 +415,13 @@ fn push_query(s: Arc<Shared>, q: &sluice_sql::ast::Query) -> Response {
                     if let Ok(mut engine) = st.shared.engine.lock() {
                         engine.remove_query(&st.push.id);
                     }
-                    format!("{line}\n]\n")
-                } else {
-                    format!("{line},\n")
-                };
+                }
                 Some((Ok(axum::body::Bytes::from(text)), st))
             }
             None => None,
         }
     });
-    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(stream)).into_response()
+    ([(header::CONTENT_TYPE, style.content_type())], axum::body::Body::from_stream(stream)).into_response()
 }
 
 /// Send a `/query` body to a peer and return its JSON answer.

@@ -18,10 +18,11 @@ use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    consumer::{BaseConsumer, CommitMode, Consumer},
+    client::{ClientContext, DefaultClientContext},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
     message::{Header, Headers, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, Producer},
+    statistics::Statistics,
 };
 use sluice_crds::config::ProcessorConfig;
 use sluice_engine::{Engine, PUSH_PREFIX, PushQuery, Record};
@@ -44,6 +45,38 @@ pub struct Metrics {
     pub commits: Counter,
     /// Changelog records applied while restoring state.
     pub restored: Counter,
+}
+
+/// The consumer's context: per partition, from librdkafka's statistics (every 100 ms), the last
+/// stable offset and the offset after the last record handed to the processor, so an empty
+/// partition holds the others back only while the broker has records of it to fetch.
+#[derive(Default)]
+pub struct Lag(Mutex<HashMap<(String, i32), (i64, i64)>>);
+
+impl ClientContext for Lag {
+    fn stats(&self, statistics: Statistics) {
+        let Ok(mut lag) = self.0.lock() else { return };
+        for (name, topic) in statistics.topics {
+            for (_, p) in topic.partitions {
+                if p.partition >= 0 {
+                    lag.insert((name.clone(), p.partition), (p.ls_offset, p.app_offset));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Lag {}
+
+impl Lag {
+    /// Whether the broker has nothing more of this partition (`false` while unknown).
+    fn caught_up(&self, topic: &str, partition: i32) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&(topic.to_owned(), partition)).copied())
+            .is_some_and(|(stable, handed)| stable >= 0 && handed >= stable)
+    }
 }
 
 /// Where a push query's rows go.
@@ -133,7 +166,7 @@ fn client_config(config: &ProcessorConfig) -> anyhow::Result<ClientConfig> {
 }
 
 /// Partition counts of every topic the cluster has.
-fn partition_counts(consumer: &BaseConsumer) -> anyhow::Result<BTreeMap<String, i32>> {
+fn partition_counts<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> anyhow::Result<BTreeMap<String, i32>> {
     let metadata = consumer.fetch_metadata(None, TIMEOUT).context("fetching topic metadata")?;
     Ok(metadata.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len() as i32)).collect())
 }
@@ -142,7 +175,7 @@ fn partition_counts(consumer: &BaseConsumer) -> anyhow::Result<BTreeMap<String, 
 fn prepare_topics(
     config: &ProcessorConfig,
     shared: &Shared,
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Lag>,
 ) -> anyhow::Result<BTreeMap<String, i32>> {
     let engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
     let (read, written) = engine.topics();
@@ -328,13 +361,15 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         }
     }
     let reset = config.properties.get("auto.offset.reset").cloned().unwrap_or_else(|| "earliest".into());
-    let consumer: BaseConsumer = client_config(config)?
+    let consumer: BaseConsumer<Lag> = client_config(config)?
         .set("group.id", &config.application_id)
+        // The consumer's lag per partition, for the idle wait (see `Lag`).
+        .set("statistics.interval.ms", "100")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", &reset)
-        .create()
+        .create_with_context(Lag::default())
         .context("creating the consumer")?;
     let counts = prepare_topics(config, &shared, &consumer)?;
     *shared.partitions.lock().map_err(|_| anyhow!("lock poisoned"))? = counts.clone();
@@ -381,10 +416,20 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         Duration::from_millis(config.properties.get("max.task.idle.ms").and_then(|v| v.parse().ok()).unwrap_or(250));
     let commit_every = config.commit_interval.get();
 
-    let mut queues: HashMap<(String, i32), VecDeque<Record>> = HashMap::new();
-    let mut empty_since: HashMap<(String, i32), Instant> =
-        owned.iter().map(|tp| (tp.clone(), Instant::now())).collect();
-    let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    // Per owned partition, by its index in `owned`: buffered records, since when it is empty,
+    // and the next offset to commit.
+    let mut slot: HashMap<String, Vec<Option<usize>>> = HashMap::new();
+    for (i, (topic, p)) in owned.iter().enumerate() {
+        let slots = slot.entry(topic.clone()).or_default();
+        let p = *p as usize;
+        if slots.len() <= p {
+            slots.resize(p + 1, None);
+        }
+        slots[p] = Some(i);
+    }
+    let mut queues: Vec<VecDeque<Record>> = vec![VecDeque::new(); owned.len()];
+    let mut empty_since: Vec<Instant> = vec![Instant::now(); owned.len()];
+    let mut positions: Vec<Option<i64>> = vec![None; owned.len()];
     let mut last_commit = Instant::now();
     let mut pending = 0usize;
     loop {
@@ -392,7 +437,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         // Fetch what is there.
         let mut fetched = 0;
         while fetched < 10_000 {
-            let timeout = if fetched == 0 && queues.values().all(VecDeque::is_empty) && !stopping {
+            let timeout = if fetched == 0 && queues.iter().all(VecDeque::is_empty) && !stopping {
                 Duration::from_millis(50)
             } else {
                 Duration::ZERO
@@ -418,39 +463,51 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                         offset: m.offset(),
                         headers,
                     };
-                    let tp = (rec.topic.clone(), rec.partition);
-                    empty_since.remove(&tp);
-                    queues.entry(tp).or_default().push_back(rec);
+                    let Some(i) = slot.get(&rec.topic).and_then(|s| s.get(rec.partition as usize).copied().flatten())
+                    else {
+                        continue;
+                    };
+                    queues[i].push_back(rec);
                 }
             }
         }
         // Process in timestamp order while every partition has data or has idled long enough.
+        // An empty partition holds the others back (up to `max.task.idle.ms`) only while the
+        // broker has records of it not fetched yet, as Kafka Streams does: a partition that is
+        // caught up does not wait.
+        let now = Instant::now();
+        let mut caught_up: Vec<Option<bool>> = vec![None; owned.len()];
         loop {
-            let now = Instant::now();
-            let blocked = owned.iter().any(|tp| {
-                queues.get(tp).is_none_or(VecDeque::is_empty)
-                    && empty_since.get(tp).is_none_or(|since| now.duration_since(*since) < idle)
-            });
+            let mut blocked = false;
+            let mut next: Option<(i64, usize)> = None;
+            for (i, q) in queues.iter().enumerate() {
+                match q.front() {
+                    Some(r) if next.is_none_or(|(t, _)| r.timestamp < t) => next = Some((r.timestamp, i)),
+                    Some(_) => {}
+                    None if !blocked && now.duration_since(empty_since[i]) < idle => {
+                        let done = *caught_up[i].get_or_insert_with(|| {
+                            let (topic, p) = &owned[i];
+                            consumer.context().caught_up(topic, *p)
+                        });
+                        blocked = !done;
+                    }
+                    None => {}
+                }
+            }
             if blocked && !stopping {
                 break;
             }
-            let Some(tp) = queues
-                .iter()
-                .filter_map(|(tp, q)| q.front().map(|r| (r.timestamp, tp.clone())))
-                .min()
-                .map(|(_, tp)| tp)
-            else {
-                break;
-            };
-            let Some(queue) = queues.get_mut(&tp) else { break };
-            let Some(rec) = queue.pop_front() else { break };
-            if queue.is_empty() {
-                empty_since.insert(tp.clone(), now);
+            let Some((_, i)) = next else { break };
+            let Some(rec) = queues[i].pop_front() else { break };
+            if queues[i].is_empty() {
+                empty_since[i] = now;
+                caught_up[i] = None;
             }
             shared.metrics.records_in.inc();
+            let (timestamp, offset) = (rec.timestamp, rec.offset);
             let (outputs, errors, changes) = {
                 let mut engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
-                let out = engine.process(rec.clone());
+                let out = engine.process(rec);
                 let errors = std::mem::take(&mut engine.errors);
                 (out, errors, engine.store.take_changes())
             };
@@ -459,7 +516,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                     topic: changelog.clone(),
                     key: Some(key),
                     value,
-                    timestamp: rec.timestamp,
+                    timestamp,
                     partition,
                     offset: 0,
                     headers: Vec::new(),
@@ -491,19 +548,39 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                     topic: log_topic.clone(),
                     key: None,
                     value: Some(entry.to_string().into_bytes()),
-                    timestamp: rec.timestamp,
+                    timestamp,
                     partition: 0,
                     offset: 0,
                     headers: Vec::new(),
                 };
                 send(&producer, &log)?;
             }
-            positions.insert(tp, rec.offset + 1);
+            positions[i] = Some(offset + 1);
             pending += 1;
         }
         producer.poll(Duration::ZERO);
         if pending > 0 && (last_commit.elapsed() >= commit_every || stopping || pending > 50_000) {
-            let committed = commit(config, &producer, &consumer, &positions);
+            // Stream time goes into the state (and its changelog) once per commit.
+            let changes = {
+                let mut engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
+                engine.save_stream_times();
+                engine.store.take_changes()
+            };
+            for (partition, key, value) in changes {
+                let change = Record {
+                    topic: changelog.clone(),
+                    key: Some(key),
+                    value,
+                    timestamp: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64),
+                    partition,
+                    offset: 0,
+                    headers: Vec::new(),
+                };
+                send_to(&producer, &change, Some(partition))?;
+            }
+            let committed = commit(config, &producer, &consumer, &owned, &positions);
             let mut engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
             if let Err(e) = committed {
                 // The transaction's state changes never reached the changelog: drop them too.
@@ -589,12 +666,15 @@ fn send_to(producer: &BaseProducer, rec: &Record, partition: Option<i32>) -> any
 fn commit(
     config: &ProcessorConfig,
     producer: &BaseProducer,
-    consumer: &BaseConsumer,
-    positions: &BTreeMap<(String, i32), i64>,
+    consumer: &BaseConsumer<Lag>,
+    owned: &[(String, i32)],
+    positions: &[Option<i64>],
 ) -> anyhow::Result<()> {
     let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in positions {
-        offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    for ((topic, partition), offset) in owned.iter().zip(positions) {
+        if let Some(offset) = offset {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
     }
     if config.exactly_once {
         let group = consumer.group_metadata().ok_or_else(|| anyhow!("the consumer has no group metadata"))?;

@@ -213,6 +213,13 @@ impl StateStore for RocksStore {
         rows.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect()
     }
 
+    fn range_to(&self, store: &str, end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let p = self.partition.unwrap_or(0);
+        let (start, end) = (prefixed(p, &[]), prefixed(p, end));
+        let rows = self.scan(store, &start, |_| true, |k| k >= end.as_slice());
+        rows.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect()
+    }
+
     fn set_partition(&mut self, partition: Option<i32>) {
         self.partition = partition;
     }

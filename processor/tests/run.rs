@@ -218,6 +218,40 @@ async fn the_seed_pipeline_runs_exactly_once_against_kafka() -> anyhow::Result<(
     .await?;
     assert_eq!(rows, want_rows);
 
+    // The same pull query through /query-stream: a header with the columns, then one JSON array
+    // per row (delimited), or one JSON array with Accept: application/json.
+    let (status, body) = http(
+        port,
+        "POST",
+        "/query-stream",
+        Some(&json!({"sql": "SELECT * FROM COMPLETED_PER_MINUTE;", "properties": {}})),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut lines = body.lines();
+    let head: Value = serde_json::from_str(lines.next().unwrap_or("")).unwrap();
+    assert_eq!(head["columnNames"], json!(["SYMBOL", "WINDOWSTART", "WINDOWEND", "NUM_COMPLETED"]), "{head}");
+    assert_eq!(head["columnTypes"], json!(["STRING", "BIGINT", "BIGINT", "BIGINT"]), "{head}");
+    let mut streamed: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    streamed.sort_by_key(|r| (r[0].as_str().unwrap_or("").to_owned(), r[1].as_i64()));
+    assert_eq!(streamed, want_rows);
+    let whole = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = json!({"sql": "SELECT * FROM COMPLETED_PER_MINUTE;"}).to_string();
+        let request = format!(
+            "POST /query-stream HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    };
+    let whole: Value = serde_json::from_str(&whole).unwrap();
+    assert_eq!(whole[0]["columnNames"], head["columnNames"]);
+    assert_eq!(whole.as_array().map(Vec::len), Some(want_rows.len() + 1));
+
     // SHOW QUERIES and DESCRIBE answer; statements that change the pipeline are refused.
     let (status, body) = http(port, "POST", "/ksql", Some(&json!({"ksql": "SHOW QUERIES;"}))).unwrap();
     assert_eq!(status, 200, "{body}");

@@ -27,7 +27,9 @@ import org.apache.kafka.streams.kstream.WindowedSerdes;
  * caching. Records have the shapes of the Sluice SQL in bench/src/processor.rs, and the outputs
  * the same bytes layout (windowed keys as key + 8-byte window start), so one verifier checks both.
  *
- * <p>Usage: {@code java -jar sluice-bench-kstreams.jar p1|p2|p3 key=value...} with bootstrap,
+ * <p>P4 keeps the latest value per key (a 1M-key store) to measure restores.
+ *
+ * <p>Usage: {@code java -jar sluice-bench-kstreams.jar p1|p2|p3|p4 key=value...} with bootstrap,
  * application, input, users, output, guarantee (exactly_once_v2 | at_least_once), commit (ms),
  * threads, state.
  */
@@ -69,9 +71,12 @@ public final class Workloads {
             .to(output, Produced.with(Serdes.String(), Serdes.String()));
       }
       case "p3" -> views
-          .mapValues(Workloads::parse)
-          .filter((k, v) -> v != null && v.hasNonNull("pageid"))
-          .groupBy((k, v) -> v.get("pageid").asText(), Grouped.with(Serdes.String(), null))
+          .mapValues(v -> {
+            JsonNode n = parse(v);
+            return n == null || !n.hasNonNull("pageid") ? null : n.get("pageid").asText();
+          })
+          .filter((k, page) -> page != null)
+          .groupBy((k, page) -> page, Grouped.with(Serdes.String(), Serdes.String()))
           .windowedBy(TimeWindows.ofSizeAndGrace(Duration.ofSeconds(60), Duration.ofHours(24)))
           .count(Materialized.with(Serdes.String(), Serdes.Long()))
           .toStream()
@@ -80,6 +85,11 @@ public final class Workloads {
               output,
               Produced.with(
                   WindowedSerdes.timeWindowedSerdeFrom(String.class, 60_000L), Serdes.String()));
+      case "p4" -> views
+          .groupByKey()
+          .reduce((older, newer) -> newer)
+          .toStream()
+          .to(output, Produced.with(Serdes.String(), Serdes.String()));
       default -> {
         System.err.println("unknown workload " + args[0]);
         System.exit(2);
