@@ -32,6 +32,9 @@ use crate::state::RocksStore;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest an empty partition with records still on the broker holds the others back.
+const FETCH_WAIT: Duration = Duration::from_secs(30);
+
 /// Counters exported on `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -59,7 +62,9 @@ impl ClientContext for Lag {
         for (name, topic) in statistics.topics {
             for (_, p) in topic.partitions {
                 if p.partition >= 0 {
-                    lag.insert((name.clone(), p.partition), (p.ls_offset, p.app_offset));
+                    // Before any record was handed over, where fetching starts.
+                    let handed = if p.app_offset >= 0 { p.app_offset } else { p.next_offset };
+                    lag.insert((name.clone(), p.partition), (p.ls_offset, handed));
                 }
             }
         }
@@ -314,16 +319,32 @@ fn restore(config: &ProcessorConfig, shared: &Shared, partitions: &[i32]) -> any
     if !ends.is_empty() {
         info!(partitions = ends.len(), from_checkpoint = checkpoint.is_some(), "restoring state from {topic}");
         consumer.assign(&tpl)?;
+        // Up to where each partition was applied, from the records themselves; the consumer's
+        // positions (which also pass transaction markers) are asked when the records pause.
+        let mut applied: BTreeMap<i32, i64> = BTreeMap::new();
         loop {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     let key = m.key().unwrap_or_default();
                     engine.store.restore(m.partition(), key, m.payload())?;
+                    applied.insert(m.partition(), m.offset() + 1);
                     restored += 1;
                     shared.metrics.restored.inc();
+                    if restored % 100_000 == 0 {
+                        info!(records = restored, "restoring");
+                        if shared.stop.load(Ordering::SeqCst) {
+                            bail!("stopped while restoring");
+                        }
+                    }
+                    if !ends.iter().all(|(p, end)| applied.get(p).is_some_and(|o| o >= end)) {
+                        continue;
+                    }
                 }
                 Some(Err(e)) => warn!(error = %e, "restore consumer error"),
                 None => {}
+            }
+            if ends.iter().all(|(p, end)| applied.get(p).is_some_and(|o| o >= end)) {
+                break;
             }
             let positions = consumer.position()?;
             let done = ends.iter().all(|(p, end)| {
@@ -343,6 +364,7 @@ fn restore(config: &ProcessorConfig, shared: &Shared, partitions: &[i32]) -> any
             }
         }
     }
+    engine.store.finish_restore()?;
     info!(records = restored, elapsed_ms = started.elapsed().as_millis() as u64, "state restored");
     Ok(())
 }
@@ -412,8 +434,11 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
     }
     shared.ready.store(true, Ordering::SeqCst);
     let log_topic = format!("{}-processing-log", config.application_id);
+    // Kafka Streams' `max.task.idle.ms` (default 0): how long a caught-up empty partition is
+    // waited for. One with records still on the broker (or not known yet) is always waited for,
+    // up to `FETCH_WAIT` so that a partition that cannot be fetched does not stop the others.
     let idle =
-        Duration::from_millis(config.properties.get("max.task.idle.ms").and_then(|v| v.parse().ok()).unwrap_or(250));
+        Duration::from_millis(config.properties.get("max.task.idle.ms").and_then(|v| v.parse().ok()).unwrap_or(0));
     let commit_every = config.commit_interval.get();
 
     // Per owned partition, by its index in `owned`: buffered records, since when it is empty,
@@ -432,6 +457,9 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
     let mut positions: Vec<Option<i64>> = vec![None; owned.len()];
     let mut last_commit = Instant::now();
     let mut pending = 0usize;
+    // Whether the last pass was held back by an empty partition: the next poll then waits a
+    // little for records instead of spinning.
+    let mut held = false;
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
         // Fetch what is there.
@@ -439,6 +467,8 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         while fetched < 10_000 {
             let timeout = if fetched == 0 && queues.iter().all(VecDeque::is_empty) && !stopping {
                 Duration::from_millis(50)
+            } else if fetched == 0 && held && !stopping {
+                Duration::from_millis(5)
             } else {
                 Duration::ZERO
             };
@@ -472,9 +502,10 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
             }
         }
         // Process in timestamp order while every partition has data or has idled long enough.
-        // An empty partition holds the others back (up to `max.task.idle.ms`) only while the
-        // broker has records of it not fetched yet, as Kafka Streams does: a partition that is
-        // caught up does not wait.
+        // An empty partition holds the others back while the broker has records of it not
+        // fetched yet (or its lag is not known yet), as Kafka Streams does (KIP-695), so records
+        // are processed in timestamp order across partitions; a caught-up one holds them back
+        // for `max.task.idle.ms` only.
         let now = Instant::now();
         let mut caught_up: Vec<Option<bool>> = vec![None; owned.len()];
         loop {
@@ -484,17 +515,18 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                 match q.front() {
                     Some(r) if next.is_none_or(|(t, _)| r.timestamp < t) => next = Some((r.timestamp, i)),
                     Some(_) => {}
-                    None if !blocked && now.duration_since(empty_since[i]) < idle => {
+                    None if !blocked && now.duration_since(empty_since[i]) < FETCH_WAIT => {
                         let done = *caught_up[i].get_or_insert_with(|| {
                             let (topic, p) = &owned[i];
                             consumer.context().caught_up(topic, *p)
                         });
-                        blocked = !done;
+                        blocked = !done || now.duration_since(empty_since[i]) < idle;
                     }
                     None => {}
                 }
             }
-            if blocked && !stopping {
+            held = blocked && !stopping;
+            if held {
                 break;
             }
             let Some((_, i)) = next else { break };

@@ -103,6 +103,9 @@ public final class Workloads {
     props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, opt.getOrDefault("threads", "2"));
     props.put(StreamsConfig.STATE_DIR_CONFIG, opt.getOrDefault("state", "/tmp/kstreams-bench"));
     props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
+    // Static membership, as a StatefulSet pod would use: a restarted instance takes its
+    // partitions back at once instead of waiting out the session timeout of the one it replaces.
+    props.put(StreamsConfig.consumerPrefix("group.instance.id"), opt.get("application") + "-0");
     props.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
     props.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
     KafkaStreams streams = new KafkaStreams(builder.build(), props);
