@@ -294,9 +294,17 @@ mod tests {
         assert_eq!(changes.last().unwrap(), &(2, changelog_key("agg", b"k3"), Some(b"v3".to_vec())));
         // Restore from changelog records, and checkpoints.
         s.restore(5, &changelog_key("view-T", b"x"), Some(b"1")).unwrap();
+        s.finish_restore().unwrap();
         s.set_partition(Some(5));
         assert_eq!(s.get("view-T", b"x"), Some(b"1".to_vec()));
+        // Without a write-ahead log, the checkpoint flushes the stores: all survives a reopen.
         s.write_checkpoint(&BTreeMap::from([(5, 42)])).unwrap();
+        drop(s);
+        let mut s = RocksStore::open(&dir).unwrap();
+        s.set_partition(Some(5));
+        assert_eq!(s.get("view-T", b"x"), Some(b"1".to_vec()));
+        s.set_partition(Some(1));
+        assert_eq!(s.get("agg", b"k1"), Some(b"v1".to_vec()));
         assert_eq!(s.take_checkpoint().unwrap(), Some(BTreeMap::from([(5, 42)])));
         assert_eq!(s.take_checkpoint().unwrap(), None);
         drop(s);
