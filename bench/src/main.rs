@@ -110,6 +110,13 @@ enum Cmd {
         /// At-least-once instead of exactly-once (the raw loops are always at-least-once).
         #[arg(long)]
         at_least_once: bool,
+        /// Also a rate-limited run per workload of sluice and kstreams at this many records per
+        /// second, for latency (0: none).
+        #[arg(long, default_value_t = 0)]
+        latency_rate: usize,
+        /// Seconds of the rate-limited runs.
+        #[arg(long, default_value_t = 30)]
+        latency_seconds: u64,
         /// The broker's pid, for its CPU time (default: from tests/infra/kafka.sh's pid file).
         #[arg(long)]
         broker_pid: Option<u32>,
@@ -194,7 +201,19 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::P { bootstrap, processor, kstreams, workloads, systems, records, runs, at_least_once, broker_pid } => {
+        Cmd::P {
+            bootstrap,
+            processor,
+            kstreams,
+            workloads,
+            systems,
+            records,
+            runs,
+            at_least_once,
+            latency_rate,
+            latency_seconds,
+            broker_pid,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
             let bench = processor::Bench {
                 bootstrap,
@@ -210,6 +229,33 @@ fn main() -> anyhow::Result<()> {
                 partitions: 4,
             };
             let guarantee = if at_least_once { "at-least-once" } else { "exactly-once" };
+            if latency_rate > 0 {
+                println!(
+                    "| workload | system | guarantee | records/s offered | seconds | p50 (ms) | p99 (ms) | p99.9 (ms) | samples |"
+                );
+                println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+                for w in &workloads {
+                    let measured =
+                        systems.iter().filter(|s| matches!(s, processor::System::Sluice | processor::System::Kstreams));
+                    for system in measured {
+                        let l = rt
+                            .block_on(bench.latency(*w, *system, latency_rate, latency_seconds))
+                            .with_context(|| format!("{w:?} {system:?} latency"))?;
+                        println!(
+                            "| {} | {} | {guarantee} | {latency_rate} | {latency_seconds} | {:.0} | {:.0} | {:.0} | {} |",
+                            format!("{w:?}").to_lowercase(),
+                            format!("{system:?}").to_lowercase(),
+                            l.p50,
+                            l.p99,
+                            l.p999,
+                            l.samples
+                        );
+                    }
+                }
+                if runs == 0 {
+                    return Ok(());
+                }
+            }
             println!(
                 "| workload | system | guarantee | records | runs | records/s (median) | ratio to raw | ratio to Kafka Streams | CPU-s per M records | broker CPU-s per M records | output records |"
             );

@@ -246,11 +246,34 @@ impl Bench {
         let truth = if matches!(system, System::Raw | System::RawJson) { Truth::Copies(n) } else { truth };
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
-        let child = match system {
+        let mut child = self.command(w, system, &name, &input, &users, &output, &dir)?;
+        child.stdout(Stdio::null()).stderr(Stdio::inherit());
+        let child = Killed(child.spawn().with_context(|| format!("starting {system:?}"))?);
+        let pid = child.0.id();
+        let (bootstrap, broker) = (self.bootstrap.clone(), self.broker_pid);
+        let result = tokio::task::spawn_blocking(move || verify(&bootstrap, &output, &truth, n, pid, broker)).await?;
+        drop(child);
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    /// The command line of `system` running workload `w`.
+    #[allow(clippy::too_many_arguments)]
+    fn command(
+        &self,
+        w: Workload,
+        system: System,
+        name: &str,
+        input: &str,
+        users: &str,
+        output: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Command> {
+        Ok(match system {
             System::Raw | System::RawJson => {
                 let mut c = Command::new(std::env::current_exe()?);
-                c.args(["raw-loop", "--bootstrap", &self.bootstrap, "--input", &input, "--output", &output]);
-                c.args(["--group", &name]);
+                c.args(["raw-loop", "--bootstrap", &self.bootstrap, "--input", input, "--output", output]);
+                c.args(["--group", name]);
                 if system == System::RawJson {
                     c.arg("--json");
                 }
@@ -261,7 +284,7 @@ impl Bench {
                 let config = serde_json::json!({
                     "applicationId": name,
                     "kafka": {"bootstrapServers": self.bootstrap},
-                    "sql": sql(w, &input, &users, &output),
+                    "sql": sql(w, input, users, output),
                     "replicas": 1,
                     "ordinal": 0,
                     "stateDir": dir.join("state").to_string_lossy(),
@@ -291,16 +314,7 @@ impl Bench {
                 c.env("JAVA_TOOL_OPTIONS", "-Dorg.slf4j.simpleLogger.defaultLogLevel=error");
                 c
             }
-        };
-        let mut child = child;
-        child.stdout(Stdio::null()).stderr(Stdio::inherit());
-        let child = Killed(child.spawn().with_context(|| format!("starting {system:?}"))?);
-        let pid = child.0.id();
-        let (bootstrap, broker) = (self.bootstrap.clone(), self.broker_pid);
-        let result = tokio::task::spawn_blocking(move || verify(&bootstrap, &output, &truth, n, pid, broker)).await?;
-        drop(child);
-        std::fs::remove_dir_all(&dir).ok();
-        result
+        })
     }
 
     fn clone_settings(&self) -> Bench {
@@ -634,5 +648,113 @@ fn wait_for_key(consumer: &BaseConsumer, key: &str) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!("{key} did not come out within 10 minutes");
         }
+    }
+}
+
+/// Latency percentiles of one rate-limited run, in milliseconds.
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub samples: usize,
+}
+
+impl Bench {
+    /// A rate-limited run: the system started on empty input (P2: with the users loaded), then
+    /// pageviews produced at `rate` per second for `seconds`, stamped with the wall clock; the
+    /// latency of each output is the verifier's clock when it reads it minus its timestamp (the
+    /// input's, for P3 the latest input of the window). The first 20% of the samples are warm-up.
+    pub async fn latency(&self, w: Workload, system: System, rate: usize, seconds: u64) -> anyhow::Result<Latency> {
+        let name = unique(&format!("lat-{w:?}-{system:?}").to_lowercase());
+        let (input, users, output) = (format!("{name}-views"), format!("{name}-users"), format!("{name}-out"));
+        create_topics(self, &[&input, &users, &output]).await?;
+        if w == Workload::P2 {
+            let (b, u) = (self.bootstrap.clone(), users.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let p = producer(&b)?;
+                let ts = now_ms() - 3_600_000;
+                for i in 0..USERS {
+                    send(&p, &u, &format!("user_{i:06}"), &user_json(i, 0), ts);
+                }
+                p.flush(Duration::from_secs(120))?;
+                Ok(())
+            })
+            .await??;
+        }
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let mut command = self.command(w, system, &name, &input, &users, &output, &dir)?;
+        command.stdout(Stdio::null()).stderr(Stdio::inherit());
+        let child = Killed(command.spawn()?);
+        let (b, i, o) = (self.bootstrap.clone(), input.clone(), output.clone());
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Latency> {
+            let consumer = output_consumer(&b, &o, false)?;
+            let p = producer(&b)?;
+            // Until the system answers: a record every 100 ms.
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let mut seq = 0usize;
+            'ready: loop {
+                let v = View { ts: now_ms(), ..view(seq, 0, 1) };
+                seq += 1;
+                send(&p, &i, &v.user, &view_json(&v), v.ts);
+                p.flush(Duration::from_secs(10))?;
+                let until = Instant::now() + Duration::from_millis(100);
+                while Instant::now() < until {
+                    if let Some(Ok(_)) = consumer.poll(Duration::from_millis(10)) {
+                        break 'ready;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("no output within 3 minutes of the start");
+                }
+            }
+            let started = now_ms();
+            let mut samples = Vec::with_capacity(rate * seconds as usize);
+            let t0 = Instant::now();
+            let total = rate * seconds as usize;
+            let mut sent = 0usize;
+            while sent < total {
+                // Pace in 5 ms steps.
+                let due = ((t0.elapsed().as_secs_f64() * rate as f64) as usize).min(total);
+                while sent < due {
+                    let v = View { ts: now_ms(), ..view(seq, 0, 1) };
+                    seq += 1;
+                    sent += 1;
+                    send(&p, &i, &v.user, &view_json(&v), v.ts);
+                }
+                let until = Instant::now() + Duration::from_millis(5);
+                while let Some(Ok(m)) = consumer.poll(until.saturating_duration_since(Instant::now())) {
+                    let ts = m.timestamp().to_millis().unwrap_or(0);
+                    if ts >= started {
+                        samples.push((now_ms() - ts) as f64);
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                }
+            }
+            // Drain what is still coming.
+            let mut quiet = Instant::now();
+            while quiet.elapsed() < Duration::from_secs(3) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    quiet = Instant::now();
+                    let ts = m.timestamp().to_millis().unwrap_or(0);
+                    if ts >= started {
+                        samples.push((now_ms() - ts) as f64);
+                    }
+                }
+            }
+            let mut measured = samples.split_off(samples.len() / 5);
+            if measured.is_empty() {
+                bail!("no outputs measured");
+            }
+            measured.sort_by(f64::total_cmp);
+            let at = |q: f64| measured[((measured.len() as f64 * q) as usize).min(measured.len() - 1)];
+            Ok(Latency { p50: at(0.5), p99: at(0.99), p999: at(0.999), samples: measured.len() })
+        })
+        .await?;
+        drop(child);
+        std::fs::remove_dir_all(&dir).ok();
+        result
     }
 }

@@ -140,11 +140,55 @@ async fn ksql(State(s): State<Arc<Shared>>, Json(body): Json<Json_>) -> Response
             }}),
             None => return error(StatusCode::BAD_REQUEST, format!("Could not find STREAM/TABLE '{}'", name.name)),
         },
+        Statement::Explain(sluice_sql::ast::Explain::QueryId(id)) => {
+            let Some(q) = engine.queries.iter().find(|q| q.id.eq_ignore_ascii_case(&id.name)) else {
+                return error(StatusCode::BAD_REQUEST, format!("Query with id:{} does not exist", id.name));
+            };
+            let sink = engine.catalog.get(&q.sink);
+            let sources: Vec<String> = engine
+                .catalog
+                .sources()
+                .filter(|src| q.inputs.contains(&src.topic) && src.name != q.sink)
+                .map(|src| src.name.clone())
+                .collect();
+            let internal: Vec<String> = q
+                .repartitions
+                .iter()
+                .filter(|r| !r.topic.is_empty())
+                .map(|r| format!("repartition {} (from {})", r.topic, r.source))
+                .collect();
+            json!({"@type": "queryDescription", "statementText": text, "queryDescription": {
+                "id": q.id,
+                "statementText": sink.map(|src| src.sql.clone()).unwrap_or_default(),
+                "windowType": sink.and_then(|src| src.window).map(|w| match w {
+                    sluice_sql::catalog::WindowType::Tumbling { .. } => "TUMBLING",
+                    sluice_sql::catalog::WindowType::Hopping { .. } => "HOPPING",
+                    sluice_sql::catalog::WindowType::Session => "SESSION",
+                }),
+                "sources": sources,
+                "sinks": [q.sink],
+                "sinkKafkaTopics": sink.map(|src| vec![src.topic.clone()]).unwrap_or_default(),
+                "topology": format!("inputs: {}; internal topics: {}", q.inputs.join(", "),
+                    if internal.is_empty() { "none".to_owned() } else { internal.join(", ") }),
+                "executionPlan": sink.map(|src| src.sql.clone()).unwrap_or_default(),
+                "overriddenProperties": {},
+                "queryType": "PERSISTENT",
+                "state": "RUNNING",
+                "ksqlHostQueryStatus": {},
+            }})
+        }
+        Statement::Explain(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "EXPLAIN of a statement is not served: the pipeline's statements come from its Pipeline \
+                 resource; EXPLAIN <query id> describes a running query",
+            );
+        }
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "only SHOW STREAMS, SHOW TABLES, SHOW QUERIES and DESCRIBE are served here: the Pipeline resource \
-                 is the source of truth for the pipeline's statements",
+                "only SHOW STREAMS, SHOW TABLES, SHOW QUERIES, DESCRIBE and EXPLAIN <query id> are served here: \
+                 the Pipeline resource is the source of truth for the pipeline's statements",
             );
         }
     };

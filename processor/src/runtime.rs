@@ -330,7 +330,7 @@ fn restore(config: &ProcessorConfig, shared: &Shared, partitions: &[i32]) -> any
                     applied.insert(m.partition(), m.offset() + 1);
                     restored += 1;
                     shared.metrics.restored.inc();
-                    if restored % 100_000 == 0 {
+                    if restored.is_multiple_of(100_000) {
                         info!(records = restored, "restoring");
                         if shared.stop.load(Ordering::SeqCst) {
                             bail!("stopped while restoring");

@@ -258,6 +258,17 @@ async fn the_seed_pipeline_runs_exactly_once_against_kafka() -> anyhow::Result<(
     assert!(body.contains("CSAS_USER_TRADES"), "{body}");
     let (status, _) = http(port, "POST", "/ksql", Some(&json!({"ksql": "DROP STREAM USER_TRADES;"}))).unwrap();
     assert_eq!(status, 400);
+    // EXPLAIN <query id>: the query's statement, sources, sinks and topics.
+    let (status, body) = http(port, "POST", "/ksql", Some(&json!({"ksql": "EXPLAIN CSAS_USER_TRADES_1;"}))).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let explained: Value = serde_json::from_str(&body).unwrap();
+    let d = &explained[0]["queryDescription"];
+    assert_eq!(d["id"], json!("CSAS_USER_TRADES_1"), "{body}");
+    assert_eq!(d["sources"], json!(["STOCKTRADE", "USERS"]), "{body}");
+    assert_eq!(d["sinks"], json!(["USER_TRADES"]), "{body}");
+    assert!(d["statementText"].as_str().unwrap_or("").contains("LEFT JOIN"), "{body}");
+    let (status, _) = http(port, "POST", "/ksql", Some(&json!({"ksql": "EXPLAIN NO_SUCH_QUERY;"}))).unwrap();
+    assert_eq!(status, 400);
     let (status, body) = http(port, "GET", "/metrics", None).unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("sluice_processor_processing_errors_total"), "{body}");
