@@ -62,8 +62,16 @@ impl ClientContext for Lag {
         for (name, topic) in statistics.topics {
             for (_, p) in topic.partitions {
                 if p.partition >= 0 {
-                    // Before any record was handed over, where fetching starts.
-                    let handed = if p.app_offset >= 0 { p.app_offset } else { p.next_offset };
+                    // Before any record of it was handed over: an empty partition is at its
+                    // end; otherwise the start is the committed offset (the fetch position
+                    // runs ahead of what was handed over, so it cannot tell).
+                    let handed = if p.app_offset >= 0 {
+                        p.app_offset
+                    } else if p.hi_offset >= 0 && p.hi_offset == p.lo_offset {
+                        p.hi_offset
+                    } else {
+                        p.committed_offset
+                    };
                     lag.insert((name.clone(), p.partition), (p.ls_offset, handed));
                 }
             }
@@ -452,6 +460,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         }
         slots[p] = Some(i);
     }
+    let tasks = owned.iter().map(|(_, p)| *p as usize + 1).max().unwrap_or(1);
     let mut queues: Vec<VecDeque<Record>> = vec![VecDeque::new(); owned.len()];
     let mut empty_since: Vec<Instant> = vec![Instant::now(); owned.len()];
     let mut positions: Vec<Option<i64>> = vec![None; owned.len()];
@@ -509,26 +518,33 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         let now = Instant::now();
         let mut caught_up: Vec<Option<bool>> = vec![None; owned.len()];
         loop {
-            let mut blocked = false;
-            let mut next: Option<(i64, usize)> = None;
-            for (i, q) in queues.iter().enumerate() {
-                match q.front() {
-                    Some(r) if next.is_none_or(|(t, _)| r.timestamp < t) => next = Some((r.timestamp, i)),
-                    Some(_) => {}
-                    None if !blocked && now.duration_since(empty_since[i]) < FETCH_WAIT => {
+            // Partitions with the same number form a task (co-partitioned join inputs, a
+            // query's input and its repartition topic): an empty one holds back its task only.
+            let mut held_task = vec![false; tasks];
+            if !stopping {
+                for (i, q) in queues.iter().enumerate() {
+                    let task = owned[i].1 as usize;
+                    if q.is_empty() && !held_task[task] && now.duration_since(empty_since[i]) < FETCH_WAIT {
                         let done = *caught_up[i].get_or_insert_with(|| {
                             let (topic, p) = &owned[i];
                             consumer.context().caught_up(topic, *p)
                         });
-                        blocked = !done || now.duration_since(empty_since[i]) < idle;
+                        held_task[task] = !done || now.duration_since(empty_since[i]) < idle;
                     }
-                    None => {}
                 }
             }
-            held = blocked && !stopping;
-            if held {
-                break;
+            let mut next: Option<(i64, usize)> = None;
+            for (i, q) in queues.iter().enumerate() {
+                if held_task[owned[i].1 as usize] {
+                    continue;
+                }
+                if let Some(r) = q.front()
+                    && next.is_none_or(|(t, _)| r.timestamp < t)
+                {
+                    next = Some((r.timestamp, i));
+                }
             }
+            held = next.is_none() && held_task.iter().any(|h| *h);
             let Some((_, i)) = next else { break };
             let Some(rec) = queues[i].pop_front() else { break };
             if queues[i].is_empty() {
