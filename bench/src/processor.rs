@@ -340,19 +340,7 @@ fn verify(
     pid: u32,
     broker: Option<u32>,
 ) -> anyhow::Result<Measured> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("verify"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = output_consumer(bootstrap, topic, false)?;
     let (expected, warm_up) = match truth {
         Truth::Rows { count, .. } | Truth::Copies(count) => (*count, count / 5),
         Truth::Counts(c) => (c.len(), 0),
