@@ -268,7 +268,7 @@ fn signatures(name: &str) -> Option<Vec<Sig>> {
             sig!([Int, Int], same_as_first, |a, _| Ok(Value::Int(round_int(long_of(&a[0]), int_of(&a[1])) as i32))),
             sig!([Bigint, Int], same_as_first, |a, _| Ok(Value::Bigint(round_int(long_of(&a[0]), int_of(&a[1]))))),
             sig!([Decimal, Int], same_as_first, |a, ret| {
-                let d = dec_of(&a[0]).with_scale_round(i64::from(int_of(&a[1])), RoundingMode::HalfUp);
+                let d = dec_of(&a[0]).with_scale_round(places(&a[1]), RoundingMode::HalfUp);
                 let scale = match ret {
                     SqlType::Decimal { scale, .. } => *scale,
                     _ => 0,
@@ -285,7 +285,7 @@ fn signatures(name: &str) -> Option<Vec<Sig>> {
             ))),
             sig!([Double], bigint, |a, _| Ok(Value::Bigint(dbl_of(&a[0]).trunc() as i64))),
             sig!([Decimal, Int], same_as_first, |a, ret| {
-                let d = dec_of(&a[0]).with_scale_round(i64::from(int_of(&a[1])), RoundingMode::Down);
+                let d = dec_of(&a[0]).with_scale_round(places(&a[1]), RoundingMode::Down);
                 let scale = match ret {
                     SqlType::Decimal { scale, .. } => *scale,
                     _ => 0,
@@ -295,9 +295,7 @@ fn signatures(name: &str) -> Option<Vec<Sig>> {
             sig!([Double, Int], double, |a, _| {
                 let v = dbl_of(&a[0]);
                 let d = BigDecimal::from_str(&value::java_double(v)).map_err(|e| e.to_string())?;
-                Ok(Value::Double(
-                    d.with_scale_round(i64::from(int_of(&a[1])), RoundingMode::Down).to_f64().unwrap_or(v),
-                ))
+                Ok(Value::Double(d.with_scale_round(places(&a[1]), RoundingMode::Down).to_f64().unwrap_or(v)))
             }),
         ],
         "SIGN" => vec![
@@ -632,16 +630,25 @@ fn round_half_up(v: f64, places: i32) -> f64 {
     // Java's Math.round: halves go towards positive infinity.
     let mode = if v < 0.0 { RoundingMode::HalfDown } else { RoundingMode::HalfUp };
     match BigDecimal::from_str(&value::java_double(v)) {
-        Ok(d) => d.with_scale_round(i64::from(places), mode).to_f64().unwrap_or(v),
+        Ok(d) => d.with_scale_round(i64::from(places).clamp(-MAX_PLACES, MAX_PLACES), mode).to_f64().unwrap_or(v),
         Err(_) => v,
     }
+}
+
+/// Decimal places beyond any value's digits (a DOUBLE has at most ~340; an i64 19): rounding to
+/// more would only build ever larger numbers — `ROUND(x, 2147483647)` never finishing.
+const MAX_PLACES: i64 = 400;
+
+/// A ROUND/TRUNC places argument, clamped to what can change a value.
+fn places(v: &Value) -> i64 {
+    i64::from(int_of(v)).clamp(-MAX_PLACES, MAX_PLACES)
 }
 
 fn round_int(v: i64, places: i32) -> i64 {
     if places >= 0 {
         return v;
     }
-    BigDecimal::from(v).with_scale_round(i64::from(places), RoundingMode::HalfUp).to_i64().unwrap_or(v)
+    BigDecimal::from(v).with_scale_round(i64::from(places).max(-MAX_PLACES), RoundingMode::HalfUp).to_i64().unwrap_or(v)
 }
 
 fn geo_distance(a: &[Value], unit: Option<&str>) -> Result<Value, String> {
@@ -821,6 +828,9 @@ mod tests {
         assert_eq!(call("ROUND", vec![Value::Double(2.5)]), Value::Bigint(3));
         assert_eq!(call("ROUND", vec![Value::Double(-2.5)]), Value::Bigint(-2));
         assert_eq!(call("ROUND", vec![Value::Double(1.2345), Value::Int(2)]), Value::Double(1.23));
+        // Huge places finish at once (they are clamped) and change nothing.
+        assert_eq!(call("ROUND", vec![Value::Double(1.2345), Value::Int(i32::MAX)]), Value::Double(1.2345));
+        assert_eq!(call("ROUND", vec![Value::Bigint(12), Value::Int(i32::MIN)]), Value::Bigint(0));
         assert_eq!(call("FLOOR", vec![Value::Double(-1.5)]), Value::Double(-2.0));
         assert_eq!(call("SIGN", vec![Value::Double(-0.5)]), Value::Int(-1));
         assert_eq!(call("GREATEST", vec![Value::Int(1), Value::Int(5), Value::Null]), Value::Int(5));
