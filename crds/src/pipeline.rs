@@ -226,8 +226,11 @@ pub struct ProcessorSpec {
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Duration,
 
-    /// The persistent volume each processor pod keeps its RocksDB state on.
+    /// The persistent volume each processor pod keeps its RocksDB state on. Fixed once the
+    /// Pipeline exists: a StatefulSet's volume claims cannot change (a claim's size can be
+    /// expanded on the PersistentVolumeClaim itself where its storage class allows it).
     #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("processor.storage cannot be changed once the Pipeline exists: a StatefulSet's volume claims are fixed when it is created (expand the PersistentVolumeClaims themselves, or create a new Pipeline)"))]
     pub storage: StorageSpec,
 
     /// Compute resources of the processor container.
@@ -656,6 +659,77 @@ fn default_max_bytes() -> ByteSize {
 fn default_max_wait() -> Duration {
     Duration::from_static("500ms")
 }
+/// A value the schema admits but Sluice cannot run with: the field (relative to its object, e.g.
+/// `runtime.lambda.timeout`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// Field path relative to the object checked.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Largest invocation timeout (Lambda's own limit is 15 minutes; HTTP functions get more).
+pub const MAX_INVOCATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Largest batching window (Lambda's `MaximumBatchingWindowInSeconds` limit).
+pub const MAX_BATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+/// Largest event (Lambda's invocation payload limit).
+pub const MAX_EVENT_BYTES: u64 = 6 * 1024 * 1024;
+
+impl FunctionSpec {
+    /// The checks the CRD's schema cannot express (bounds and relations of durations and sizes,
+    /// duplicate environment variables), shared by the operator, `sluice validate` and the
+    /// runner, so that a Pipeline the operator accepts never makes a runner crash-loop.
+    pub fn check(&self) -> Result<(), FieldProblem> {
+        use std::time::Duration as D;
+        let problem = |path: &str, message: String| Err(FieldProblem { path: path.into(), message });
+        let within = |path: &str, d: &Duration, min: D, max: D| -> Result<(), FieldProblem> {
+            let v = d.get();
+            if v < min || v > max {
+                return problem(path, format!("{d} is out of range: must be from {min:?} to {max:?}"));
+            }
+            Ok(())
+        };
+        let (timeout_path, timeout) = match (&self.runtime.lambda, &self.runtime.http) {
+            (Some(l), _) => ("runtime.lambda.timeout", &l.timeout),
+            (None, Some(h)) => ("runtime.http.timeout", &h.timeout),
+            (None, None) => {
+                return problem("runtime", "exactly one of runtime.lambda and runtime.http must be set".into());
+            }
+        };
+        within(timeout_path, timeout, D::from_millis(1), MAX_INVOCATION_TIMEOUT)?;
+        within("batch.maxWait", &self.batch.max_wait, D::ZERO, MAX_BATCH_WAIT)?;
+        let bytes = self.batch.max_bytes.bytes();
+        if !(1024..=MAX_EVENT_BYTES).contains(&bytes) {
+            return problem(
+                "batch.maxBytes",
+                format!(
+                    "{} is out of range: must be from 1Ki (an event with one record) to 6Mi (Lambda's payload limit)",
+                    self.batch.max_bytes
+                ),
+            );
+        }
+        let backoff = &self.on_failure.backoff;
+        within("onFailure.backoff.max", &backoff.max, D::from_millis(1), D::from_secs(3600))?;
+        within("onFailure.backoff.initial", &backoff.initial, D::from_millis(1), backoff.max.get())?;
+        let s = &self.scaling;
+        within("scaling.pollInterval", &s.poll_interval, D::from_millis(100), D::from_secs(600))?;
+        within("scaling.scaleToZeroAfter", &s.scale_to_zero_after, D::ZERO, D::from_secs(7 * 24 * 3600))?;
+        within("scaling.scaleDownStabilization", &s.scale_down_stabilization, D::ZERO, D::from_secs(24 * 3600))?;
+        if let Some(l) = &self.runtime.lambda {
+            for (i, var) in l.env.iter().enumerate() {
+                if l.env[..i].iter().any(|earlier| earlier.name == var.name) {
+                    return problem(
+                        &format!("runtime.lambda.env[{i}].name"),
+                        format!("duplicate variable {:?}", var.name),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl LambdaRuntime {
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`: the container's memory limit in MiB, else Lambda's
     /// default of 128.

@@ -113,6 +113,15 @@ pub fn check_value(document: usize, value: &Value) -> Result<Pipeline, Vec<Probl
             problems.push(Problem::new(document, e.field_path.clone(), e.message.clone()));
         }
     }
+    // What the schema cannot say (bounds and relations of durations, duplicate variables): the
+    // operator refuses these too.
+    if problems.is_empty() {
+        for (i, f) in pipeline.spec.functions.iter().enumerate() {
+            if let Err(p) = f.check() {
+                problems.push(Problem::new(document, format!("spec.functions[{i}].{}", p.path), p.message));
+            }
+        }
+    }
     if problems.is_empty() { Ok(pipeline) } else { Err(problems) }
 }
 
@@ -310,6 +319,39 @@ spec:
         ));
         assert!(
             p.iter().any(|m| m.starts_with("spec.functions[0].batch.maxBytes") && m.contains("invalid size")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_durations_and_duplicate_variables_name_their_path() {
+        for (field, path, says) in [
+            ("batch: {maxWait: 10m}", "spec.functions[0].batch.maxWait", "out of range"),
+            ("batch: {maxBytes: 8Mi}", "spec.functions[0].batch.maxBytes", "Lambda's payload limit"),
+            (
+                "onFailure: {backoff: {initial: 1m, max: 10s}}",
+                "spec.functions[0].onFailure.backoff.initial",
+                "out of range",
+            ),
+            ("scaling: {pollInterval: 10ms}", "spec.functions[0].scaling.pollInterval", "out of range"),
+        ] {
+            let p = problems(&with(
+                "source: {topic: user_trades}",
+                &format!("source: {{topic: user_trades}}\n      {field}"),
+            ));
+            assert!(p.iter().any(|m| m.starts_with(path) && m.contains(says)), "{field}: {p:?}");
+        }
+        let p = problems(&with(
+            r#"lambda: {image: "registry.example/settle:1.0"}"#,
+            r#"lambda: {image: "registry.example/settle:1.0", timeout: 2h, env: [{name: A, value: "1"}]}"#,
+        ));
+        assert!(p.iter().any(|m| m.starts_with("spec.functions[0].runtime.lambda.timeout")), "{p:?}");
+        let p = problems(&with(
+            r#"lambda: {image: "registry.example/settle:1.0"}"#,
+            r#"lambda: {image: "registry.example/settle:1.0", env: [{name: A, value: "1"}, {name: A, value: "2"}]}"#,
+        ));
+        assert!(
+            p.iter().any(|m| m.starts_with("spec.functions[0].runtime.lambda.env[1].name") && m.contains("duplicate")),
             "{p:?}"
         );
     }

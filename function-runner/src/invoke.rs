@@ -44,9 +44,13 @@ pub enum InvokeError {
     /// The response is too large or not the documented shape.
     #[error("{0}")]
     Response(ResponseError),
-    /// The runtime holding the invocation went away (its process exited or was replaced).
+    /// The runtime holding the invocation went away (its process exited).
     #[error("the function's runtime went away: {0}")]
     RuntimeGone(String),
+    /// The runner replaced the runtime holding the invocation because of *another*
+    /// invocation's timeout: not this batch's failure, so it is retried without counting.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// The runner is stopping.
     #[error("the runner is stopping")]
     Stopped,
@@ -62,6 +66,7 @@ impl InvokeError {
             InvokeError::Transport(_) => "transport_error",
             InvokeError::Response(_) => "bad_response",
             InvokeError::RuntimeGone(_) => "runtime_gone",
+            InvokeError::Interrupted(_) => "interrupted",
             InvokeError::Stopped => "stopped",
         }
     }

@@ -14,7 +14,7 @@ use std::{
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
-    message::{BorrowedMessage, Headers},
+    message::BorrowedMessage,
     producer::FutureProducer,
 };
 use sluice_crds::pipeline::StartingPosition;
@@ -70,6 +70,8 @@ pub struct Context {
     drain_timeout: Duration,
     /// Set after the first assignment (even an empty one): the runner has joined its group.
     pub joined: Arc<AtomicBool>,
+    /// `startingPosition: earliest`.
+    earliest: bool,
 }
 
 impl ClientContext for Context {
@@ -102,6 +104,10 @@ impl ConsumerContext for Context {
     }
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.commit_starting_positions(consumer, tpl);
+            return;
+        }
         let Rebalance::Revoke(tpl) = rebalance else { return };
         let partitions: Vec<i32> =
             tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
@@ -162,6 +168,54 @@ impl ConsumerContext for Context {
     }
 }
 
+impl Context {
+    /// Before newly assigned partitions are fetched: give each one the group has no commit for
+    /// a commit at `startingPosition` (the log's start or end now). Fetching then starts there,
+    /// and so does every later owner: without it, records that arrive after a `latest` start
+    /// and before the first commit would be skipped by a restarted replica (which resolves
+    /// `latest` again), and the operator could not tell this group's lag.
+    fn commit_starting_positions(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let timeout = Duration::from_secs(10);
+        let mut query = TopicPartitionList::new();
+        for e in tpl.elements().iter().filter(|e| e.topic() == self.topic) {
+            query.add_partition(&self.topic, e.partition());
+        }
+        if query.count() == 0 {
+            return;
+        }
+        let committed = match consumer.committed_offsets(query, timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading committed offsets before fetching; startingPosition applies");
+                return;
+            }
+        };
+        let mut start = TopicPartitionList::new();
+        for e in committed.elements() {
+            if matches!(e.offset(), Offset::Offset(_)) {
+                continue;
+            }
+            match consumer.fetch_watermarks(&self.topic, e.partition(), timeout) {
+                Ok((low, high)) => {
+                    let at = if self.earliest { low } else { high };
+                    let _ = start.add_partition_offset(&self.topic, e.partition(), Offset::Offset(at));
+                }
+                Err(e) => tracing::warn!(error = %e, "reading a partition's offsets; startingPosition applies"),
+            }
+        }
+        if start.count() > 0 {
+            match consumer.commit(&start, CommitMode::Sync) {
+                Ok(()) => tracing::info!(
+                    partitions = start.count(),
+                    earliest = self.earliest,
+                    "committed the starting position of new partitions"
+                ),
+                Err(e) => tracing::warn!(error = %e, "committing starting positions; startingPosition applies"),
+            }
+        }
+    }
+}
+
 fn commit_list(topic: &str, commits: &[Commit]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (partition, offset, metadata) in commits {
@@ -206,6 +260,14 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
         )
         .set("statistics.interval.ms", "5000")
         .set("queued.max.messages.kbytes", "16384");
+    // A revocation holds the polling thread until the revoked partitions are drained (up to
+    // the invocation timeout plus 30 s): the poll interval must outlast that, or the member is
+    // evicted mid-drain. Never lower than Kafka's default of 5 minutes.
+    if !settings.kafka.contains_key("max.poll.interval.ms") {
+        let drain = settings.timeout + Duration::from_secs(30 + 60);
+        let ms = u128::max(300_000, drain.as_millis()).min(i32::MAX as u128);
+        c.set("max.poll.interval.ms", ms.to_string());
+    }
     c.remove("group.instance.id");
     if !kip848 {
         c.set("partition.assignment.strategy", "cooperative-sticky");
@@ -213,12 +275,59 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
     c
 }
 
-/// The producer: idempotent, `acks=all`; transactional under exactly-once.
-pub fn producer(settings: &Settings, transactional_id: Option<&str>) -> anyhow::Result<FutureProducer> {
+/// Settings for a client that only produces or administers (no consumer-group properties).
+pub fn client_config(settings: &Settings) -> ClientConfig {
     let mut c = base_config(settings);
     for consumer_only in ["group.protocol", "group.remote.assignor"] {
         c.remove(consumer_only);
     }
+    c
+}
+
+/// Wait until each topic exists, saying every 30 s which one is missing: the topics a function
+/// writes to may be created by someone else (the processor, an administrator) after the runner
+/// starts. `Err` only when `stop` fires first.
+pub async fn await_topics(
+    producer: &FutureProducer,
+    topics: &[(&str, &str)],
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::Producer;
+    let mut said: Option<Instant> = None;
+    loop {
+        let mut missing = Vec::new();
+        for (field, topic) in topics {
+            let p = producer.clone();
+            let t = (*topic).to_owned();
+            let exists = tokio::task::spawn_blocking(move || {
+                p.client()
+                    .fetch_metadata(Some(&t), Duration::from_secs(10))
+                    .map(|md| md.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()))
+            })
+            .await?;
+            match exists {
+                Ok(true) => {}
+                Ok(false) => missing.push(format!("{field}: topic '{topic}' does not exist")),
+                Err(e) => missing.push(format!("{field}: reading the metadata of topic '{topic}': {e}")),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            tracing::warn!(missing = %missing.join("; "), "waiting for the function's output topics");
+            said = Some(Instant::now());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => anyhow::bail!("stopped while waiting for {}", missing.join("; ")),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// The producer: idempotent, `acks=all`; transactional under exactly-once.
+pub fn producer(settings: &Settings, transactional_id: Option<&str>) -> anyhow::Result<FutureProducer> {
+    let mut c = client_config(settings);
     // No linger: under at-least-once a partition's next batch waits for this batch's
     // acknowledgements, so every millisecond of linger is a millisecond of every batch.
     c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "0");
@@ -235,10 +344,8 @@ pub fn input_record(m: &BorrowedMessage<'_>) -> InputRecord {
         rdkafka::Timestamp::LogAppendTime(t) => (t, TimestampType::LogAppendTime),
         rdkafka::Timestamp::NotAvailable => (-1, TimestampType::NotAvailable),
     };
-    let headers = m
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
-        .unwrap_or_default();
+    // Not rdkafka's `headers()`: it panics on a key that is not UTF-8.
+    let headers = sluice_kafka::headers(m);
     InputRecord {
         topic: m.topic().to_owned(),
         partition: m.partition(),
@@ -261,6 +368,17 @@ pub struct ConsumerThread {
     pub handle: std::thread::JoinHandle<()>,
     /// Whether the runner has joined its group.
     pub joined: Arc<AtomicBool>,
+    /// Set when the polling thread has ended (told to close, or not).
+    pub done: Arc<AtomicBool>,
+}
+
+/// Sets its flag when dropped: the polling thread's end, however it ends (a panic included).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Create the consumer, subscribe, and start polling on a thread of its own.
@@ -276,6 +394,7 @@ pub fn start_consumer(
         closing: closing.clone(),
         drain_timeout: settings.timeout + Duration::from_secs(30),
         joined: joined.clone(),
+        earliest: settings.starting_position == StartingPosition::Earliest,
     };
     let consumer: BaseConsumer<Context> = consumer_config(settings).create_with_context(context)?;
     // A missing topic is the user's mistake: say so before joining the group.
@@ -291,10 +410,13 @@ pub fn start_consumer(
     let (commands, inbox) = std_mpsc::channel();
     let topic = settings.topic.clone();
     let polling = consumer.clone();
-    let handle = std::thread::Builder::new()
-        .name("consumer".into())
-        .spawn(move || poll_loop(&topic, &polling, &inbox, &to_dispatcher, &closing))?;
-    Ok(ConsumerThread { commands, consumer, handle, joined })
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = SetOnDrop(done.clone());
+    let handle = std::thread::Builder::new().name("consumer".into()).spawn(move || {
+        let _flag = flag;
+        poll_loop(&topic, &polling, &inbox, &to_dispatcher, &closing);
+    })?;
+    Ok(ConsumerThread { commands, consumer, handle, joined, done })
 }
 
 fn poll_loop(

@@ -11,6 +11,7 @@ pub mod event;
 pub mod invoke;
 pub mod kafka;
 pub mod ordering;
+pub mod outputs;
 pub mod response;
 pub mod retry;
 pub mod runner;

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use rdkafka::producer::Producer;
 use sluice_function_runner::{
     invoke::Invoker,
-    kafka,
+    kafka, outputs,
     runner::{self, Env, Metrics},
     runtime_api::{self, RuntimeApi},
     server::{self, Health},
@@ -95,6 +95,14 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicBool::new(false));
     let (metrics, registry) = Metrics::new(&settings.pipeline, &settings.function);
 
+    let signal_stop = stop.clone();
+    let signal_stopping = stopping.clone();
+    tokio::spawn(async move {
+        sluice_telemetry::stop_requested().await;
+        signal_stopping.store(true, Ordering::SeqCst);
+        signal_stop.cancel();
+    });
+
     let (invoker, runtime) = match &settings.mode {
         Mode::Lambda { .. } => {
             let api = RuntimeApi::new(&settings.function, stop.clone());
@@ -143,11 +151,39 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
             .await?
             .context("initialising Kafka transactions")?;
     }
+    let mut topics = Vec::new();
+    if let Some(t) = &settings.output_topic {
+        topics.push(("function.output.topic", t.as_str()));
+    }
+    if let Some(t) = &settings.dead_letter_topic {
+        topics.push(("function.onFailure.deadLetterTopic", t.as_str()));
+    }
+    if let Err(e) = kafka::await_topics(&producer, &topics, &stop).await {
+        stop_processes.cancel();
+        if let Some(s) = supervisor {
+            let _ = s.await;
+        }
+        return Err(e);
+    }
+    let producer_max = settings
+        .kafka
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(outputs::DEFAULT_MESSAGE_MAX_BYTES);
+    let outputs = Arc::new(outputs::OutputCheck::new(producer.clone(), &kafka::client_config(&settings), producer_max));
     let (to_dispatcher, inbox) = tokio::sync::mpsc::unbounded_channel();
     let s = settings.clone();
     let consumer = tokio::task::spawn_blocking(move || kafka::start_consumer(&s, to_dispatcher)).await??;
 
-    let health = Arc::new(Health { registry, joined: consumer.joined.clone(), runtime, stopping: stopping.clone() });
+    let consumer_done = consumer.done.clone();
+    let health = Arc::new(Health {
+        registry,
+        joined: consumer.joined.clone(),
+        runtime,
+        stopping: stopping.clone(),
+        timeout: settings.timeout,
+        consumer_done: Arc::new(move || consumer_done.load(Ordering::SeqCst)),
+    });
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("listen: cannot listen on {}", settings.listen))?;
@@ -158,14 +194,6 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
         }
     });
 
-    let signal_stop = stop.clone();
-    let signal_stopping = stopping.clone();
-    tokio::spawn(async move {
-        sluice_telemetry::stop_requested().await;
-        signal_stopping.store(true, Ordering::SeqCst);
-        signal_stop.cancel();
-    });
-
     tracing::info!(
         function = %settings.function, topic = %settings.topic, group = %settings.group,
         exactly_once = settings.exactly_once, key_ordering = settings.key_ordering, "function runner started"
@@ -174,6 +202,7 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
         settings: settings.clone(),
         invoker,
         producer,
+        outputs,
         metrics,
         timed_out,
         stop: stop.clone(),

@@ -51,9 +51,15 @@ impl OffsetTracker {
     }
 
     /// The consumer delivered `offset`.
+    ///
+    /// Besides the offsets the metadata names, anything below the commit position that is not
+    /// pending is finished: when nothing is pending, the position moves past finished offsets
+    /// that the consumer has not delivered yet (a restore from metadata), and those must still
+    /// be skipped when they arrive.
     pub fn deliver(&mut self, offset: i64) -> Delivery {
+        let behind = self.commit_offset().is_some_and(|floor| offset < floor) && !self.pending.contains(&offset);
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
-        if self.done.contains(&offset) {
+        if behind || self.done.contains(&offset) {
             self.prune();
             return Delivery::AlreadyDone;
         }
@@ -227,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn finished_offsets_stay_skipped_after_the_position_moves_past_them() {
+        // 10 runs and finishes before 11 and 12 (finished before the restart) are delivered.
+        let mut t = OffsetTracker::restore(10, "sluice1:1-2,4");
+        assert_eq!(t.deliver(10), Delivery::Process);
+        t.complete(10);
+        assert_eq!(t.commit(), Some((13, "sluice1:1".to_string())));
+        use Delivery::*;
+        let rest: Vec<Delivery> = (11..16).map(|o| t.deliver(o)).collect();
+        assert_eq!(rest, [AlreadyDone, AlreadyDone, Process, AlreadyDone, Process]);
+    }
+
+    #[test]
     fn foreign_or_damaged_metadata_is_ignored() {
         for metadata in ["", "hello", "sluice1:x", "sluice1:-3", "sluice1:0", "sluice1:5-2"] {
             let mut t = OffsetTracker::restore(10, metadata);
@@ -308,6 +326,8 @@ mod tests {
                             let o = position;
                             position += 1;
                             if tracker.deliver(o) == Delivery::Process {
+                                // What the last commit says finished never runs again.
+                                prop_assert!(!committed_done.contains(&o), "{} runs again though committed as done", o);
                                 scheduler.push(o, Some(keys[o as usize]));
                             } else {
                                 prop_assert!(committed_done.contains(&o), "skipped {} which was not committed as done", o);

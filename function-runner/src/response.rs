@@ -29,7 +29,8 @@ pub struct OutputRecord {
     /// Value bytes (`None`: a tombstone).
     pub value: Option<Vec<u8>>,
     /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Headers (`None`: a header with a null value, as dead letters copy them).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// A record the function reports as failed: it and every later record of its partition in the
@@ -132,7 +133,7 @@ fn output_record(record: &Value, default_topic: Option<&str>) -> Result<OutputRe
         Some(Value::Object(h)) => h
             .iter()
             .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.as_bytes().to_vec())),
+                Value::String(s) => Ok((k.clone(), Some(s.as_bytes().to_vec()))),
                 _ => Err(format!("header {k:?} must be a string")),
             })
             .collect::<Result<_, _>>()?,
@@ -211,7 +212,7 @@ mod tests {
         assert_eq!(r.records[0].topic, "trade-settlements");
         assert_eq!(r.records[0].key.as_deref(), Some(&b"User_1"[..]));
         assert_eq!(r.records[0].value.as_deref(), Some(&br#"{"disposition":"Completed"}"#[..]));
-        assert_eq!(r.records[0].headers, [("source".to_string(), b"settle".to_vec())]);
+        assert_eq!(r.records[0].headers, [("source".to_string(), Some(b"settle".to_vec()))]);
         assert_eq!(r.records[1].topic, "out", "defaults to output.topic");
         assert_eq!(r.records[1].value.as_deref(), Some(&b"plain text"[..]), "a JSON string is written as its text");
         assert_eq!(r.records[1].partition, Some(3));

@@ -46,6 +46,7 @@ use crate::{
     invoke::{InvokeError, Invoker},
     kafka::{Commit, ConsumerThread, FromConsumer, ToConsumer, offsets_list},
     ordering::{Delivery, KeyScheduler, OffsetTracker},
+    outputs::OutputCheck,
     response::{OutputRecord, parse_response},
     retry::{Attempt, Next, on_failure, split_partial},
     settings::Settings,
@@ -135,6 +136,8 @@ pub struct Env {
     pub invoker: Invoker,
     /// The producer (transactional under exactly-once).
     pub producer: FutureProducer,
+    /// What the output topics accept.
+    pub outputs: Arc<OutputCheck>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Bumped when an invocation timed out (a supervised process is then replaced).
@@ -165,6 +168,8 @@ enum Finished {
     Invoked { attempt: Attempt, result: Result<Vec<(String, i32, i64)>, String>, outputs: Vec<OutputRecord> },
     /// Records dead-lettered (produced under at-least-once).
     DeadLettered { attempt: Attempt },
+    /// Interrupted through no fault of its records: run again, not counted as a failure.
+    Interrupted { attempt: Attempt, reason: String },
     /// Cancelled before it started (revocation or stop).
     Cancelled,
 }
@@ -203,7 +208,10 @@ struct Part {
 }
 
 struct Revocation {
-    partitions: Vec<i32>,
+    /// The partitions and the epoch of their ownership being revoked: if a partition is
+    /// assigned again before this revocation is finished (its drain timed out), the new
+    /// ownership has another epoch and is left alone.
+    partitions: Vec<(i32, u64)>,
     ack: std_mpsc::Sender<Vec<Commit>>,
 }
 
@@ -251,6 +259,13 @@ pub async fn run(env: Env, consumer: ConsumerThread, mut inbox: mpsc::UnboundedR
             _ = sleep_until(deadline) => {}
         }
         if d.env.failed.load(Ordering::SeqCst) {
+            break;
+        }
+        if d.consumer.done.load(Ordering::SeqCst) {
+            tracing::error!(
+                "the Kafka consumer thread stopped unexpectedly; stopping so that a fresh instance resumes"
+            );
+            d.env.failed.store(true, Ordering::SeqCst);
             break;
         }
         d.on_time();
@@ -308,6 +323,7 @@ impl Dispatcher {
                 }
             }
             FromConsumer::Revoked(partitions, ack) => {
+                let mut revoked = Vec::with_capacity(partitions.len());
                 for p in &partitions {
                     if let Some(part) = self.parts.get_mut(p) {
                         part.revoking = true;
@@ -316,10 +332,11 @@ impl Dispatcher {
                         part.retries.clear();
                         part.keys = KeyScheduler::new();
                         part.held.clear();
+                        revoked.push((*p, part.epoch));
                     }
                     self.batcher.take(&self.settings.topic, *p);
                 }
-                self.revocations.push(Revocation { partitions, ack });
+                self.revocations.push(Revocation { partitions: revoked, ack });
             }
             FromConsumer::Record(record) => self.on_record(record),
             FromConsumer::CommitFailed(partitions) => {
@@ -563,6 +580,7 @@ impl Dispatcher {
                     settings: self.settings.clone(),
                     invoker: self.env.invoker.clone(),
                     producer: self.env.producer.clone(),
+                    outputs: self.env.outputs.clone(),
                     metrics: self.env.metrics.clone(),
                     semaphore: self.semaphore.clone(),
                     timed_out: self.env.timed_out.clone(),
@@ -576,7 +594,16 @@ impl Dispatcher {
                 tokio::spawn(async move {
                     tracing::warn!(partition = p, offsets = ?attempt.records.iter().map(|r| r.offset).collect::<Vec<_>>(), %error, "dead-lettering");
                     let n = records.len() as u64;
-                    produce_all(&producer, records, &metrics).await;
+                    // A dead letter is never dropped: if Kafka refuses it for good (the
+                    // dead-letter topic was deleted, or takes smaller records than the source),
+                    // the partition waits here, saying why, until that is fixed.
+                    let mut wait = Duration::from_secs(1);
+                    while let Err(e) = produce_all(&producer, records.clone(), &metrics).await {
+                        tracing::error!(partition = p, error = %e, ?wait,
+                            "cannot dead-letter: Kafka refuses the record; the partition waits here until the dead-letter topic takes it");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(60));
+                    }
                     metrics.dead_lettered.inc_by(n);
                     report.send(Finished::DeadLettered { attempt });
                 });
@@ -593,11 +620,23 @@ impl Dispatcher {
         }
         part.in_flight = part.in_flight.saturating_sub(1);
         part.stalled = false;
-        if part.revoking {
-            return;
-        }
+        // A revoked partition's finished work still counts: its outputs are produced (or join
+        // the transaction) and its offsets are committed before the partition is released, so
+        // the next owner does not repeat it. Only retries no longer start here.
+        let revoking = part.revoking;
         match report.finished {
             Finished::Cancelled => {}
+            Finished::Interrupted { attempt, reason } => {
+                if !revoking {
+                    tracing::info!(partition = report.partition, records = attempt.records.len(), %reason, "invoking again");
+                    let work = Work::Invoke(attempt, Instant::now() + self.settings.policy.initial);
+                    if self.settings.key_ordering {
+                        part.retries.push_back(work);
+                    } else {
+                        part.queue.push_front(work);
+                    }
+                }
+            }
             Finished::DeadLettered { attempt } => {
                 let offsets: Vec<i64> = attempt.records.iter().map(|r| r.offset).collect();
                 for r in &attempt.records {
@@ -638,11 +677,15 @@ impl Dispatcher {
                 }
                 if !failed.is_empty() {
                     self.env.metrics.processing_errors.inc();
-                    self.retry(report.partition, Attempt { records: failed, failures: attempt.failures }, &error);
+                    if !revoking {
+                        self.retry(report.partition, Attempt { records: failed, failures: attempt.failures }, &error);
+                    }
                 }
             }
         }
-        self.maybe_resume(report.partition);
+        if !revoking {
+            self.maybe_resume(report.partition);
+        }
     }
 
     fn retry(&mut self, p: i32, attempt: Attempt, error: &str) {
@@ -782,20 +825,26 @@ impl Dispatcher {
         let mut i = 0;
         while i < self.revocations.len() {
             let r = &self.revocations[i];
-            let drained = r.partitions.iter().all(|p| self.parts.get(p).is_none_or(|part| part.in_flight == 0));
+            let drained = r
+                .partitions
+                .iter()
+                .all(|(p, epoch)| self.parts.get(p).is_none_or(|part| part.epoch != *epoch || part.in_flight == 0));
             let committed = !self.settings.exactly_once
-                || (!self.tx_in_flight && !self.pending.finished.iter().any(|(p, _, _)| r.partitions.contains(p)));
+                || (!self.tx_in_flight
+                    && !self.pending.finished.iter().any(|(p, e, _)| r.partitions.contains(&(*p, *e))));
             if drained && !committed && self.settings.exactly_once {
                 self.maybe_start_transaction(true);
             }
             if drained && committed {
                 let r = self.revocations.remove(i);
-                let commits = if self.settings.exactly_once {
-                    Vec::new()
-                } else {
-                    self.all_commits(|p| r.partitions.contains(&p))
+                let ours = |p: i32, parts: &HashMap<i32, Part>| {
+                    parts.get(&p).is_some_and(|part| r.partitions.contains(&(p, part.epoch)))
                 };
-                for p in &r.partitions {
+                let revoked: Vec<i32> =
+                    r.partitions.iter().map(|(p, _)| *p).filter(|p| ours(*p, &self.parts)).collect();
+                let commits =
+                    if self.settings.exactly_once { Vec::new() } else { self.all_commits(|p| revoked.contains(&p)) };
+                for p in &revoked {
                     self.parts.remove(p);
                     self.env.metrics.lag.remove(&PartitionLabel { partition: p.to_string() });
                 }
@@ -902,6 +951,7 @@ struct InvokeTask {
     settings: Arc<Settings>,
     invoker: Invoker,
     producer: FutureProducer,
+    outputs: Arc<OutputCheck>,
     metrics: Arc<Metrics>,
     semaphore: Arc<Semaphore>,
     timed_out: watch::Sender<u64>,
@@ -932,29 +982,34 @@ impl InvokeTask {
             Ok(response) => {
                 let failures: Vec<(String, i32, i64)> =
                     response.failures.iter().map(|f| (f.topic.clone(), f.partition, f.offset)).collect();
+                // A response is applied whole or not at all: anything wrong with it fails the
+                // batch before a single output is produced.
+                if let Err(e) = self.applicable(&attempt, &failures, &response.records).await {
+                    self.metrics.invocations.get_or_create(&OutcomeLabel { outcome: "bad_response".into() }).inc();
+                    tracing::warn!(records = attempt.records.len(), partition = attempt.records[0].partition,
+                        first_offset = attempt.records[0].offset, error = %e, "invocation failed");
+                    return Finished::Invoked { attempt, result: Err(e), outputs: Vec::new() };
+                }
                 let outcome = if failures.is_empty() { "ok" } else { "partial" };
                 self.metrics.invocations.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
-                // A record without a topic needs output.topic: without one the response cannot
-                // be applied, and the batch fails as malformed.
-                if response.records.iter().any(|r| r.topic.is_empty()) {
-                    self.metrics.invocations.get_or_create(&OutcomeLabel { outcome: "bad_response".into() }).inc();
-                    return Finished::Invoked {
-                        attempt,
-                        result: Err(
-                            "malformed response: a record names no topic and the function has no output.topic".into()
-                        ),
-                        outputs: Vec::new(),
-                    };
-                }
                 let outputs = if self.settings.exactly_once {
                     response.records
                 } else {
-                    produce_all(&self.producer, response.records, &self.metrics).await;
+                    if let Err(e) = produce_all(&self.producer, response.records, &self.metrics).await {
+                        // Some outputs may be out already: the retry repeats them (at-least-once).
+                        tracing::warn!(partition = attempt.records[0].partition, first_offset = attempt.records[0].offset,
+                            error = %e, "Kafka refused an output record");
+                        return Finished::Invoked { attempt, result: Err(e), outputs: Vec::new() };
+                    }
                     Vec::new()
                 };
                 Finished::Invoked { attempt, result: Ok(failures), outputs }
             }
             Err(InvokeError::Stopped) => Finished::Cancelled,
+            Err(InvokeError::Interrupted(reason)) => {
+                self.metrics.invocations.get_or_create(&OutcomeLabel { outcome: "interrupted".into() }).inc();
+                Finished::Interrupted { attempt, reason }
+            }
             Err(e) => {
                 self.metrics.invocations.get_or_create(&OutcomeLabel { outcome: e.outcome().into() }).inc();
                 if matches!(e, InvokeError::Timeout(_)) {
@@ -968,10 +1023,30 @@ impl InvokeTask {
     }
 }
 
+impl InvokeTask {
+    /// Why the response cannot be applied, if it cannot: `batchItemFailures` naming a record not
+    /// in the batch, a record with no topic (and no `output.topic`), or a record Kafka refuses
+    /// for good.
+    async fn applicable(
+        &self,
+        attempt: &Attempt,
+        failures: &[(String, i32, i64)],
+        records: &[OutputRecord],
+    ) -> Result<(), String> {
+        if !failures.is_empty() && split_partial(attempt, failures).is_none() {
+            return Err("malformed response: batchItemFailures names a record that is not in the batch".into());
+        }
+        if records.iter().any(|r| r.topic.is_empty()) {
+            return Err("malformed response: a record names no topic and the function has no output.topic".into());
+        }
+        self.outputs.check(records).await.map_err(|e| format!("malformed response: {e}"))
+    }
+}
+
 fn headers_of(record: &OutputRecord) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(record.headers.len());
     for (k, v) in &record.headers {
-        h = h.insert(Header { key: k, value: Some(v) });
+        h = h.insert(Header { key: k, value: v.as_ref() });
     }
     h
 }
@@ -990,14 +1065,17 @@ fn future_record(record: &OutputRecord) -> FutureRecord<'_, [u8], [u8]> {
     r
 }
 
-/// Produce every record and wait for every acknowledgement, retrying failures with a capped
-/// backoff until they succeed: an output is never dropped.
-async fn produce_all(producer: &FutureProducer, records: Vec<OutputRecord>, metrics: &Metrics) {
+/// Produce every record and wait for every acknowledgement. Failures Kafka may get over (a
+/// broker away, a leader moving, a full queue) are retried with a capped backoff until they
+/// succeed: an output is never dropped. A record Kafka refuses for good (too large, no such
+/// partition or topic) is an `Err`: the batch fails and takes the retry and dead-letter path.
+async fn produce_all(producer: &FutureProducer, records: Vec<OutputRecord>, metrics: &Metrics) -> Result<(), String> {
     let mut todo = records;
     let mut wait = Duration::from_millis(100);
     while !todo.is_empty() {
         let mut futures = Vec::with_capacity(todo.len());
         let mut failed = Vec::new();
+        let mut refused = None;
         for record in todo {
             loop {
                 match producer.send_result(future_record(&record)) {
@@ -1007,6 +1085,10 @@ async fn produce_all(producer: &FutureProducer, records: Vec<OutputRecord>, metr
                     }
                     Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
                         tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((e, _)) if refused_for_good(&e) => {
+                        refused.get_or_insert_with(|| format!("topic '{}': {e}", record.topic));
+                        break;
                     }
                     Err((e, _)) => {
                         tracing::warn!(topic = %record.topic, error = %e, "cannot queue an output record; retrying");
@@ -1022,12 +1104,19 @@ async fn produce_all(producer: &FutureProducer, records: Vec<OutputRecord>, metr
                 Ok(Ok(_)) => {
                     metrics.records_out.inc();
                 }
+                Ok(Err((e, _))) if refused_for_good(&e) => {
+                    refused.get_or_insert_with(|| format!("topic '{}': {e}", record.topic));
+                }
                 Ok(Err((e, _))) => {
                     tracing::warn!(topic = %record.topic, error = %e, "an output record was not acknowledged; retrying");
                     failed.push(record);
                 }
                 Err(_) => failed.push(record),
             }
+        }
+        if let Some(reason) = refused {
+            metrics.processing_errors.inc();
+            return Err(reason);
         }
         if !failed.is_empty() {
             metrics.processing_errors.inc();
@@ -1036,6 +1125,24 @@ async fn produce_all(producer: &FutureProducer, records: Vec<OutputRecord>, metr
         }
         todo = failed;
     }
+    Ok(())
+}
+
+/// Errors no retry can get over: the record itself is wrong for its topic.
+fn refused_for_good(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | InvalidRecord
+                | UnknownPartition
+                | UnknownTopic
+                | UnknownTopicOrPartition
+        )
+    )
 }
 
 /// The dead-letter records of an attempt: the original key, value and headers, plus the error
@@ -1046,13 +1153,13 @@ fn dead_letters(settings: &Settings, attempt: &Attempt, error: &str) -> Vec<Outp
         .records
         .iter()
         .map(|r| {
-            let mut headers: Vec<(String, Vec<u8>)> =
-                r.headers.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect();
-            headers.push(("sluice.error".into(), error.as_bytes().to_vec()));
-            headers.push(("sluice.attempts".into(), attempt.failures.to_string().into_bytes()));
-            headers.push(("sluice.source.topic".into(), r.topic.clone().into_bytes()));
-            headers.push(("sluice.source.partition".into(), r.partition.to_string().into_bytes()));
-            headers.push(("sluice.source.offset".into(), r.offset.to_string().into_bytes()));
+            // The original headers as they were (a null value stays null).
+            let mut headers: Vec<(String, Option<Vec<u8>>)> = r.headers.clone();
+            headers.push(("sluice.error".into(), Some(error.as_bytes().to_vec())));
+            headers.push(("sluice.attempts".into(), Some(attempt.failures.to_string().into_bytes())));
+            headers.push(("sluice.source.topic".into(), Some(r.topic.clone().into_bytes())));
+            headers.push(("sluice.source.partition".into(), Some(r.partition.to_string().into_bytes())));
+            headers.push(("sluice.source.offset".into(), Some(r.offset.to_string().into_bytes())));
             OutputRecord { topic: topic.clone(), partition: None, key: r.key.clone(), value: r.value.clone(), headers }
         })
         .collect()

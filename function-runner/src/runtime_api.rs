@@ -54,6 +54,21 @@ pub struct RuntimeApi {
     polled: AtomicBool,
     init_errors: AtomicU64,
     stop: CancellationToken,
+    /// Invocations no runtime has taken yet, by sequence number, with when they were queued.
+    untaken: Mutex<std::collections::BTreeMap<u64, std::time::Instant>>,
+    sequence: AtomicU64,
+}
+
+/// Removes an invocation from [`RuntimeApi::untaken`] when it is taken or given up.
+struct Untaken<'a> {
+    api: &'a RuntimeApi,
+    sequence: u64,
+}
+
+impl Drop for Untaken<'_> {
+    fn drop(&mut self) {
+        self.api.untaken.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.sequence);
+    }
 }
 
 impl RuntimeApi {
@@ -70,12 +85,22 @@ impl RuntimeApi {
             polled: AtomicBool::new(false),
             init_errors: AtomicU64::new(0),
             stop,
+            untaken: Mutex::new(std::collections::BTreeMap::new()),
+            sequence: AtomicU64::new(0),
         })
     }
 
     /// Whether a runtime has asked for an invocation at least once.
     pub fn polled(&self) -> bool {
         self.polled.load(Ordering::Relaxed)
+    }
+
+    /// How long the oldest invocation has waited for a runtime to take it. A runtime that is
+    /// free takes work at once, so a long wait means every runtime is stuck (a handler that
+    /// outlived its timeout and never came back) or none is running.
+    pub fn oldest_untaken(&self) -> Option<Duration> {
+        let untaken = self.untaken.lock().unwrap_or_else(|p| p.into_inner());
+        untaken.values().next().map(|t| t.elapsed())
     }
 
     /// `/runtime/init/error` reports so far.
@@ -89,6 +114,9 @@ impl RuntimeApi {
     pub async fn invoke(&self, event: Bytes, timeout: Duration) -> Result<Bytes, InvokeError> {
         let (started_tx, started_rx) = oneshot::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        self.untaken.lock().unwrap_or_else(|p| p.into_inner()).insert(sequence, std::time::Instant::now());
+        let untaken = Untaken { api: self, sequence };
         self.queue
             .send(Queued { event, timeout, started: started_tx, reply: reply_tx })
             .map_err(|_| InvokeError::Stopped)?;
@@ -96,6 +124,7 @@ impl RuntimeApi {
             id = started_rx => id.map_err(|_| InvokeError::Stopped)?,
             _ = self.stop.cancelled() => return Err(InvokeError::Stopped),
         };
+        drop(untaken);
         match tokio::time::timeout(timeout, reply_rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(InvokeError::Stopped),
@@ -107,12 +136,22 @@ impl RuntimeApi {
         }
     }
 
-    /// Fail every invocation a runtime holds, at once (its process exited or is being
-    /// replaced): they are retried instead of waiting for their timeout.
+    /// Fail every invocation a runtime holds, at once (its process exited): they are retried
+    /// instead of waiting for their timeout.
     pub fn fail_in_flight(&self, reason: &str) {
         let held: Vec<_> = self.lock_in_flight().drain().collect();
         for (_, reply) in held {
             let _ = reply.send(Err(InvokeError::RuntimeGone(reason.to_owned())));
+        }
+    }
+
+    /// End every invocation a runtime holds because the runtimes are being replaced for a
+    /// reason of their own (another invocation timed out): retried without counting as a
+    /// failure of their records.
+    pub fn interrupt_in_flight(&self, reason: &str) {
+        let held: Vec<_> = self.lock_in_flight().drain().collect();
+        for (_, reply) in held {
+            let _ = reply.send(Err(InvokeError::Interrupted(reason.to_owned())));
         }
     }
 

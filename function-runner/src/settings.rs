@@ -98,6 +98,7 @@ impl Settings {
     /// Resolve a parsed config; `env` reads environment variables (for the SASL credentials).
     pub fn resolve(config: &RunnerConfig, env: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingsError> {
         let f = &config.function;
+        f.check().map_err(|p| invalid(&format!("function.{}", p.path), p.message))?;
         let kafka = config.kafka.client_properties(env).map_err(|e| invalid("kafka", e.to_string()))?;
         let max_records = usize::try_from(f.batch.max_records)
             .ok()
@@ -105,19 +106,10 @@ impl Settings {
             .ok_or_else(|| invalid("function.batch.maxRecords", "must be at least 1"))?;
         let max_bytes = usize::try_from(f.batch.max_bytes.bytes())
             .map_err(|_| invalid("function.batch.maxBytes", "too large for this machine"))?;
-        if max_bytes < 1024 {
-            return Err(invalid("function.batch.maxBytes", "must be at least 1Ki (an event with one record)"));
-        }
         let limits = Limits { max_records, max_bytes, max_wait: f.batch.max_wait.get() };
         let max_retries = u32::try_from(f.on_failure.max_retries)
             .map_err(|_| invalid("function.onFailure.maxRetries", "must not be negative"))?;
         let (initial, max) = (f.on_failure.backoff.initial.get(), f.on_failure.backoff.max.get());
-        if initial.is_zero() || initial > max {
-            return Err(invalid(
-                "function.onFailure.backoff",
-                format!("initial must be positive and at most max (got {initial:?} and {max:?})"),
-            ));
-        }
         let policy = Policy {
             max_retries,
             initial,
@@ -164,9 +156,6 @@ impl Settings {
             }
             _ => return Err(invalid("function.runtime", "exactly one of runtime.lambda and runtime.http must be set")),
         };
-        if timeout.is_zero() {
-            return Err(invalid("function.runtime", "the invocation timeout must be positive"));
-        }
         Ok(Settings {
             pipeline: config.pipeline.clone(),
             function: f.name.clone(),
@@ -275,6 +264,25 @@ function:
             "pipeline: p\nkafka: {bootstrapServers: k}\nfunction: {name: f, source: {topic: t}, runtime: {http: {url: 'http://x/'}}, onFailure: {backoff: {initial: 10s, max: 1s}}}\n",
         )
         .unwrap_err();
-        assert_eq!(e.path, "function.onFailure.backoff");
+        assert_eq!(e.path, "function.onFailure.backoff.initial");
+        // Durations with no sensible use (and that would overflow clock arithmetic) are refused.
+        for (field, path) in [
+            ("batch: {maxWait: 100000000000h}", "function.batch.maxWait"),
+            ("runtime: {http: {url: 'http://x/', timeout: 2h}}", "function.runtime.http.timeout"),
+            ("onFailure: {backoff: {max: 9999999h}}", "function.onFailure.backoff.max"),
+            ("batch: {maxBytes: 7Mi}", "function.batch.maxBytes"),
+        ] {
+            let text = format!(
+                "pipeline: p\nkafka: {{bootstrapServers: k}}\nfunction: {{name: f, source: {{topic: t}}, runtime: {{http: {{url: 'http://x/'}}}}, {field}}}\n"
+            );
+            // The runtime case brings its own runtime (keys may not repeat).
+            let text = if field.starts_with("runtime") {
+                text.replacen("runtime: {http: {url: 'http://x/'}}, ", "", 1)
+            } else {
+                text
+            };
+            let e = resolve(&text).unwrap_err();
+            assert_eq!(e.path, path, "{field}");
+        }
     }
 }

@@ -19,8 +19,9 @@ pub fn reachable(listen: &str) -> String {
 }
 
 /// Keep `copies` processes of `process` running until `stop`; every change of `restart` (an
-/// invocation timed out: a runtime is stuck) replaces them all at once, failing the invocations
-/// they held so that those are retried rather than time out in turn. When the only process
+/// invocation timed out: a runtime is stuck) replaces them all at once, interrupting the
+/// invocations they held so that those are retried (without counting against their records)
+/// rather than time out in turn. When the only process
 /// exits, its invocation fails at once too; with several, the one that was lost runs into its
 /// timeout (nothing tells which runtime held it).
 pub async fn supervise(
@@ -49,7 +50,7 @@ pub async fn supervise(
         }
         generation.cancel();
         while tasks.join_next().await.is_some() {}
-        api.fail_in_flight("the function's processes were restarted after an invocation timed out");
+        api.interrupt_in_flight("the function's processes were restarted after another invocation timed out");
         if stop.is_cancelled() {
             return;
         }
@@ -72,6 +73,9 @@ async fn keep_running(
             .args(&process.argv[1..])
             .envs(env.iter().cloned())
             .envs(process.env.iter().cloned())
+            // The runner's Kafka credentials are its own, not the function's.
+            .env_remove(sluice_crds::config::SASL_USERNAME_ENV)
+            .env_remove(sluice_crds::config::SASL_PASSWORD_ENV)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let mut child = match command.spawn() {

@@ -250,9 +250,123 @@ async fn two_runners_share_the_group_and_a_stopping_one_hands_over() -> anyhow::
     let status = tokio::task::spawn_blocking(move || a.service.terminate()).await?;
     assert!(status.success(), "{status}");
     produce(&bootstrap, &input, &inputs[400..]).await?;
-    let outputs = read(&bootstrap, &output, n).await?;
-    check_delivery(&outputs, n, false);
+    // Well inside the 45 s session timeout: the stopped runner left the group at once rather
+    // than making the other wait for its session to expire.
+    let (b_, t_) = (bootstrap.clone(), output.clone());
+    let outputs = tokio::task::spawn_blocking(move || read_committed(&b_, &t_, n, Duration::from_secs(25))).await?;
+    // The stopping runner finished, produced and committed what it had started before it let
+    // its partitions go, so the other repeats nothing: each input exactly once.
+    check_delivery(&outputs, n, true);
     wait_lag_zero(&bootstrap, &format!("default.{run}.f"), &input).await?;
     assert!(b.metric("sluice_function_runner_records_in_total") >= 400.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_kafka_cannot_take_fail_their_batch_and_nothing_is_doubled() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("refused");
+    let (input, output, dlq) = (format!("{run}-in"), format!("{run}-out"), format!("{run}-dlq"));
+    create_topics(&bootstrap, &[(&input, 1), (&output, 2), (&dlq, 1)]).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let port = serve_function(Arc::new(move |event: &Value| {
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        let mut response = echo(event);
+        let seqs: Vec<i64> = event_records(event)
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok()?["seq"].as_i64())
+            .collect();
+        let records = response["records"].as_array_mut().expect("records");
+        if seqs.contains(&5) {
+            // A partition the output topic does not have.
+            records.push(json!({"partition": 99, "value": "lost?"}));
+        }
+        if seqs.contains(&11) {
+            // More than the producer (and the topic) accepts.
+            records.push(json!({"value": "x".repeat(1_500_000)}));
+        }
+        if first {
+            // Outputs plus a failure naming a record that is not in the batch: malformed, so
+            // none of these outputs may be produced.
+            response["batchItemFailures"] =
+                json!([{"itemIdentifier": {"partition": format!("{}-0", "nope"), "offset": 9999}}]);
+        }
+        (200, response.to_string())
+    }))
+    .await?;
+    let n = 30;
+    produce(&bootstrap, &input, &(0..n).map(|i| Input::numbered(i, 3)).collect::<Vec<_>>()).await?;
+    let function = http_function(
+        "r",
+        &input,
+        &output,
+        port,
+        json!({"onFailure": {"maxRetries": 2, "backoff": {"initial": "10ms", "max": "50ms"}, "bisectBatch": true, "deadLetterTopic": dlq}}),
+    );
+    let (config, listen) = runner_config(&bootstrap, &run, function);
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+
+    let dead = read(&bootstrap, &dlq, 2).await?;
+    let mut errors: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| {
+            let header = |name: &str| {
+                d.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            };
+            (header("sluice.source.offset").unwrap_or_default(), header("sluice.error").unwrap_or_default())
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].0, "11");
+    assert!(errors[0].1.contains("more than topic") && errors[0].1.contains("accepts"), "{errors:?}");
+    assert_eq!(errors[1].0, "5");
+    assert!(errors[1].1.contains("has no partition 99"), "{errors:?}");
+
+    // Every other input came out exactly once: nothing of a refused or malformed response was
+    // produced, and the partition did not stall behind the refused records.
+    let outputs = read(&bootstrap, &output, n - 2).await?;
+    let mut seqs: Vec<i64> = echoed(&outputs).iter().map(|o| o.1).collect();
+    seqs.sort();
+    assert_eq!(seqs, (0..n as i64).filter(|s| *s != 5 && *s != 11).collect::<Vec<i64>>());
+    wait_lag_zero(&bootstrap, &format!("default.{run}.r"), &input).await?;
+    assert!(calls.load(Ordering::SeqCst) > 3);
+    drop(runner);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn latest_starts_at_the_end_and_commits_it_at_once() -> anyhow::Result<()> {
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("latest");
+    let (input, output) = (format!("{run}-in"), format!("{run}-out"));
+    create_topics(&bootstrap, &[(&input, 3), (&output, 3)]).await?;
+    // Records from before the function existed: `latest` skips them.
+    produce(&bootstrap, &input, &(100..130).map(|i| Input::numbered(i, 5)).collect::<Vec<_>>()).await?;
+    let port = serve_function(Arc::new(|event: &Value| (200, echo(event).to_string()))).await?;
+    let mut function = http_function("l", &input, &output, port, json!({}));
+    function["source"]["startingPosition"] = json!("latest");
+    let (config, listen) = runner_config(&bootstrap, &run, function);
+    let c = config.clone();
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&c, listen)).await?;
+    // Ready means assigned: by then every partition has a commit at its end, before any record
+    // arrived, so neither a restarted runner nor the autoscaler loses sight of what comes next.
+    let group = format!("default.{run}.l");
+    let (b, g, t) = (bootstrap.clone(), group.clone(), input.clone());
+    let committed = tokio::task::spawn_blocking(move || committed_everywhere(&b, &g, &t)).await??;
+    assert!(committed, "every partition has a committed starting position");
+    // Stopped before a single record arrived (so it never committed anything itself), then
+    // records arrive, then a new runner starts: it takes them from the committed starting
+    // position instead of skipping them as a fresh `latest` would.
+    let status = tokio::task::spawn_blocking(move || runner.service.terminate()).await?;
+    assert!(status.success(), "{status}");
+    let n = 40;
+    produce(&bootstrap, &input, &(0..n).map(|i| Input::numbered(i, 5)).collect::<Vec<_>>()).await?;
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+    let outputs = read(&bootstrap, &output, n).await?;
+    check_delivery(&outputs, n, true);
+    wait_lag_zero(&bootstrap, &group, &input).await?;
+    drop(runner);
     Ok(())
 }

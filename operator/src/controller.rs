@@ -126,6 +126,7 @@ pub async fn run(
         .owns(children::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(children::<Deployment>(&client, &namespace), owned.clone())
         .owns(children::<Service>(&client, &namespace), owned.clone())
+        .owns(children::<PodDisruptionBudget>(&client, &namespace), owned.clone())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -183,12 +184,60 @@ where
 }
 
 async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = reconcile_children(&pipeline, &ctx).await;
+    if let Err(e) = &result {
+        report_failure(&pipeline, &ctx, e).await;
+    }
+    result
+}
+
+/// A reconcile that failed (the apiserver refused an object, say) is retried; meanwhile the
+/// Pipeline says so: `Ready=False` with reason `ReconcileFailed` and the error, and one Warning
+/// Event per distinct error — not only the operator's log.
+async fn report_failure(pipeline: &Pipeline, ctx: &Context, e: &Error) {
+    let message = e.to_string();
+    let mut next = pipeline.status.clone().unwrap_or_default();
+    let unchanged =
+        next.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "ReconcileFailed" && c.message == message);
+    if unchanged {
+        return;
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".into(),
+        note: Some(message.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &pipeline.object_ref(&())).await {
+        tracing::warn!(error = %err, "publishing an Event");
+    }
+    next.conditions.retain(|c| c.type_ != "Ready");
+    next.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        reason: "ReconcileFailed".into(),
+        message,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: pipeline.metadata.generation,
+    });
+    let ns = pipeline.namespace().unwrap_or_default();
+    let api: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline", "status": next});
+    if let Err(err) =
+        api.patch_status(&pipeline.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await
+    {
+        tracing::warn!(error = %err, "writing the failure into status");
+    }
+}
+
+async fn reconcile_children(pipeline: &Arc<Pipeline>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let ns = pipeline.namespace().unwrap_or_default();
     let name = pipeline.name_any();
     let client = &ctx.client;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns);
     let mut observed = Observed { generation: pipeline.metadata.generation, ..Observed::default() };
-    let plan = match render::plan(&pipeline, &ctx.image) {
+    let plan = match render::plan(pipeline, &ctx.image) {
         Ok(plan) => plan,
         Err(e) => {
             observed.invalid = Some((e.sql, e.to_string()));
@@ -207,7 +256,7 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action,
                     tracing::warn!(error = %err, "publishing an Event");
                 }
             }
-            write_status(&pipelines, &pipeline, &observed).await?;
+            write_status(&pipelines, pipeline, &observed).await?;
             ctx.metrics.reconcile("invalid");
             // Nothing to retry until the spec changes; what runs is left as it was.
             return Ok(Action::await_change());
@@ -266,14 +315,36 @@ async fn reconcile(pipeline: Arc<Pipeline>, ctx: Arc<Context>) -> Result<Action,
             let ready = s.status.as_ref().and_then(|st| st.ready_replicas).unwrap_or(0);
             Some((spec.replicas, ready, false))
         }
-        (Some(_), Some(spec)) => Some((spec.replicas, 0, true)),
+        (Some(_), Some(spec)) => {
+            // Readiness as the StatefulSet reports it while the old pods go.
+            let s = statefulsets
+                .get_opt(&names::processor(&name))
+                .await
+                .map_err(kube_err("reading the processor StatefulSet"))?;
+            let ready = s.and_then(|s| s.status).and_then(|st| st.ready_replicas).unwrap_or(0);
+            Some((spec.replicas, ready, true))
+        }
         _ => None,
     };
+    let previous = pipeline.status.as_ref();
     if rescale == Rescale::Apply {
-        apply_functions(client, &ns, &name, &children, &ctx.scalers, &mut observed).await?;
+        apply_functions(client, &ns, &name, &children, &ctx.scalers, previous, &mut observed).await?;
         prune(client, &ns, &name, &children).await?;
+    } else {
+        // The functions' configs share the ConfigMap the rescale holds back: leave their
+        // Deployments as they are until it is done, but keep reporting them.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        for f in &children.functions {
+            let d = deployments
+                .get_opt(&names::function(&name, &f.function))
+                .await
+                .map_err(kube_err("reading a function Deployment"))?;
+            if let Some(d) = d {
+                observed.functions.push(function_observed(&f.function, &d, &ctx.scalers, &ns, &name, previous));
+            }
+        }
     }
-    write_status(&pipelines, &pipeline, &observed).await?;
+    write_status(&pipelines, pipeline, &observed).await?;
     ctx.metrics.reconcile("ok");
     Ok(Action::requeue(requeue))
 }
@@ -284,6 +355,7 @@ async fn apply_functions(
     pipeline: &str,
     children: &Children,
     scalers: &crate::scaler::Scalers,
+    previous: Option<&sluice_crds::pipeline::PipelineStatus>,
     observed: &mut Observed,
 ) -> Result<(), Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -291,19 +363,34 @@ async fn apply_functions(
     for f in &children.functions {
         let d = apply(&deployments, &f.deployment).await?;
         apply(&services, &f.service).await?;
-        let st = d.status.as_ref();
-        let seen = scalers.observation(ns, pipeline, &f.function).unwrap_or_default();
-        observed.functions.push(status::FunctionObserved {
-            name: f.function.clone(),
-            replicas: st.and_then(|s| s.replicas).unwrap_or(0),
-            ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
-            desired: seen.desired.or(d.spec.replicas).unwrap_or(0),
-            lag: seen.lag,
-            partitions: seen.partitions,
-            last_scale: seen.last_scale,
-        });
+        observed.functions.push(function_observed(&f.function, &d, scalers, ns, pipeline, previous));
     }
     Ok(())
+}
+
+/// A function's status from its Deployment and what the autoscaler saw. Until the autoscaler
+/// has read the lag (just after an operator restart), the last status's lag, partitions and
+/// last decision stay: status is not lost by a restart.
+fn function_observed(
+    function: &str,
+    d: &Deployment,
+    scalers: &crate::scaler::Scalers,
+    ns: &str,
+    pipeline: &str,
+    previous: Option<&sluice_crds::pipeline::PipelineStatus>,
+) -> status::FunctionObserved {
+    let st = d.status.as_ref();
+    let seen = scalers.observation(ns, pipeline, function).unwrap_or_default();
+    let before = previous.and_then(|p| p.functions.iter().find(|f| f.name == function));
+    status::FunctionObserved {
+        name: function.to_owned(),
+        replicas: st.and_then(|s| s.replicas).unwrap_or(0),
+        ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+        desired: seen.desired.or(d.spec.replicas).or_else(|| before.map(|b| b.desired_replicas)).unwrap_or(0),
+        lag: seen.lag.or_else(|| before.and_then(|b| b.lag)),
+        partitions: seen.partitions.or_else(|| before.and_then(|b| b.partitions)),
+        last_scale: seen.last_scale.or_else(|| before.and_then(|b| b.last_scale.clone())),
+    }
 }
 
 /// Delete the children this Pipeline owns that its spec no longer asks for: the Deployments and

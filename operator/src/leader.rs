@@ -6,9 +6,12 @@
 //! Every `retry` the candidate reads the Lease: it renews it when it holds it, takes it when it
 //! is free or its holder has not renewed for `duration`, and otherwise waits. Writes carry the
 //! Lease's `resourceVersion`, so of two candidates racing for an expired Lease exactly one
-//! succeeds. A leader that cannot renew within `duration` stops leading (the process exits, and
-//! Kubernetes restarts it as a candidate); a leader that stops releases the Lease so that the
-//! other takes over at once.
+//! succeeds. A leader that cannot renew within its renew deadline (two thirds of `duration`, as
+//! client-go's defaults have it) stops leading — the process exits, and Kubernetes restarts it
+//! as a candidate — well before a standby may take the Lease (`duration` after the last
+//! renewal), so two replicas never act at once; every round is bounded by that deadline, so a
+//! hanging API call cannot stretch it. A leader that stops releases the Lease so that the other
+//! takes over at once.
 
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ pub struct Elector {
     identity: String,
     duration: Duration,
     retry: Duration,
+    renew_deadline: Duration,
 }
 
 /// What a Lease says about a candidate at `now`.
@@ -68,7 +72,8 @@ impl Elector {
             name: name.to_owned(),
             identity: identity.to_owned(),
             duration,
-            retry: duration / 3,
+            retry: duration / 5,
+            renew_deadline: duration * 2 / 3,
         }
     }
 
@@ -120,7 +125,16 @@ impl Elector {
     pub async fn run(self, leading: watch::Sender<bool>, stop: tokio_util::sync::CancellationToken) -> bool {
         let mut last_renewal: Option<tokio::time::Instant> = None;
         loop {
-            match self.round().await {
+            // A leader's round may take only what is left of its renew deadline.
+            let budget = match last_renewal {
+                Some(t) => self.renew_deadline.saturating_sub(t.elapsed()).min(self.retry),
+                None => self.retry,
+            };
+            let result = match tokio::time::timeout(budget, self.round()).await {
+                Ok(r) => r,
+                Err(_) => Err(kube::Error::Service(format!("no answer within {budget:?}").into())),
+            };
+            match result {
                 Ok(true) => {
                     if last_renewal.is_none() {
                         tracing::info!(lease = %self.name, identity = %self.identity, "leading");
@@ -136,7 +150,7 @@ impl Elector {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(lease = %self.name, error = %e, "Lease round failed");
-                    if last_renewal.is_some_and(|t| t.elapsed() >= self.duration) {
+                    if last_renewal.is_some_and(|t| t.elapsed() + self.retry / 4 >= self.renew_deadline) {
                         tracing::error!(lease = %self.name, "could not renew the Lease in time: stopping");
                         leading.send_replace(false);
                         return false;

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 use clap::{Parser, Subcommand};
 use sluice_telemetry::LogArgs;
@@ -69,16 +68,26 @@ fn run(namespaces: Vec<String>, listen: &str, image: String, lease_namespace: Op
         let client = kube::Client::try_default()
             .await
             .context("connecting to Kubernetes (in-cluster config, else KUBECONFIG)")?;
-        // Say so plainly when the CRD is missing, rather than failing in a watch.
-        let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
-        match crds.get_opt("pipelines.sluice.dev").await {
-            Ok(Some(_)) => {}
-            Ok(None) => anyhow::bail!(
-                "the Pipeline CRD (pipelines.sluice.dev) is not installed: install the chart, or kubectl apply -f crds/pipelines.sluice.dev.yaml"
-            ),
-            // Without the permission to read CRDs (namespaced installs), the watch will tell.
-            Err(kube::Error::Api(e)) if e.code == 403 => {}
-            Err(e) => return Err(e).context("checking for the Pipeline CRD"),
+        // Say so plainly when the CRD is missing, rather than failing in a watch: list Pipelines
+        // where the operator will watch them, which needs no permission on CRDs (a namespaced
+        // install has none) and answers 404 exactly when the API is not installed.
+        for scope in if namespaces.is_empty() { vec![None] } else { namespaces.iter().map(Some).collect() } {
+            let pipelines: kube::Api<sluice_crds::Pipeline> = match scope {
+                Some(ns) => kube::Api::namespaced(client.clone(), ns),
+                None => kube::Api::all(client.clone()),
+            };
+            let where_ = scope.map_or_else(|| "in any namespace".to_owned(), |ns| format!("in namespace {ns}"));
+            match pipelines.list(&kube::api::ListParams::default().limit(1)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(
+                    "the Pipeline CRD (pipelines.sluice.dev) is not installed: install the chart, or kubectl apply -f crds/pipelines.sluice.dev.yaml"
+                ),
+                Err(kube::Error::Api(e)) if e.code == 403 => anyhow::bail!(
+                    "the operator may not list Pipelines {where_} ({}): check its ClusterRole/Role and --namespace",
+                    e.message
+                ),
+                Err(e) => return Err(e).context("checking for the Pipeline CRD"),
+            }
         }
         let metrics = sluice_operator::server::Metrics::new();
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}"))?;

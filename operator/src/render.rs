@@ -111,6 +111,7 @@ pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError>
             return Err(err(&format!("spec.functions[{i}].name"), format!("duplicate function name {:?}", f.name)));
         }
         seen.push(f.name.clone());
+        f.check().map_err(|p| err(&format!("spec.functions[{i}].{}", p.path), p.message))?;
     }
     let mut queries = Vec::new();
     if let Some(p) = &spec.processor {
@@ -533,6 +534,15 @@ fn render_processor(plan: &Plan, p: &ProcessorSpec, config: &str) -> ProcessorCh
             selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
             template,
             volume_claim_templates: Some(vec![claim]),
+            // The state is a cache of the changelog topics: the volumes go with the processor
+            // (a deleted Pipeline, removed SQL) instead of lingering with stale state that a
+            // later processor of the same name would pick up; a scale-down keeps them.
+            persistent_volume_claim_retention_policy: Some(
+                k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
@@ -610,8 +620,14 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
             .into_iter()
             .map(|(k, v)| env_value(&k, v))
             .collect();
-        // The user's variables last: they may override ours (a custom _HANDLER, say).
-        env.extend(l.env.iter().cloned());
+        // The user's variables may override ours (a custom _HANDLER, say): one entry per name,
+        // as the pod's `env` list is keyed by name (server-side apply refuses duplicates).
+        for var in &l.env {
+            match env.iter_mut().find(|e| e.name == var.name) {
+                Some(ours) => *ours = var.clone(),
+                None => env.push(var.clone()),
+            }
+        }
         volumes.push(Volume {
             name: "tmp".into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -624,6 +640,11 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
             args: (!l.args.is_empty()).then(|| l.args.clone()),
             env: Some(env),
             resources: l.resources.clone(),
+            // The runner knows when the function takes no work (every runtime stuck in a
+            // handler past its timeout): the kubelet then restarts this container, as Lambda
+            // resets an execution environment after a timeout. A probe may target any port of
+            // the pod; this one is the runner's.
+            liveness_probe: Some(http_probe("/function/healthz", RUNNER_PORT, 10)),
             security_context: Some(restricted()),
             // Lambda runtimes write to /tmp, the one writable path Lambda gives them too.
             volume_mounts: Some(vec![VolumeMount {
@@ -769,6 +790,28 @@ mod tests {
         let e = plan(&p, "img").unwrap_err();
         assert_eq!(e.path, "spec.processor.replicas");
         assert!(e.message.contains("needs replicas: 1"), "{e}");
+    }
+
+    #[test]
+    fn a_user_variable_replaces_ours_of_the_same_name() {
+        let mut p = example();
+        let l = p.spec.functions[0].runtime.lambda.as_mut().expect("a Lambda function");
+        l.env = vec![
+            EnvVar { name: "_HANDLER".into(), value: Some("app.custom".into()), ..EnvVar::default() },
+            EnvVar { name: "EXTRA".into(), value: Some("1".into()), ..EnvVar::default() },
+        ];
+        let c = render(&plan(&p, "img").unwrap());
+        let pod = c.functions[0].deployment.spec.template.spec.clone().unwrap();
+        let env = pod.containers.iter().find(|c| c.name == "function").unwrap().env.clone().unwrap();
+        let handlers: Vec<&EnvVar> = env.iter().filter(|e| e.name == "_HANDLER").collect();
+        assert_eq!(handlers.len(), 1, "one entry per name: {env:?}");
+        assert_eq!(handlers[0].value.as_deref(), Some("app.custom"));
+        assert!(env.iter().any(|e| e.name == "EXTRA"));
+        // Duplicates of the user's own are refused with the field.
+        let l = p.spec.functions[0].runtime.lambda.as_mut().unwrap();
+        l.env.push(EnvVar { name: "EXTRA".into(), value: Some("2".into()), ..EnvVar::default() });
+        let e = plan(&p, "img").unwrap_err();
+        assert_eq!(e.path, "spec.functions[0].runtime.lambda.env[2].name");
     }
 
     #[test]

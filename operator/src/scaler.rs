@@ -52,6 +52,9 @@ struct Entry {
     autoscaler: Autoscaler,
     next: Instant,
     seen: Observation,
+    /// A reading of this function is under way (each function is read on its own task, so a
+    /// slow or unreachable cluster delays only its own functions).
+    busy: bool,
 }
 
 /// Shared between the loop and the controller.
@@ -95,9 +98,13 @@ async fn kafka_properties(client: &Client, ns: &str, spec: &KafkaSpec) -> anyhow
 }
 
 /// Read a function's lag: the source's end offsets (last stable), its group's committed offsets.
-/// A group with no commits counts from `startingPosition`: from the start of the log for
-/// `earliest`; for `latest` the end is committed for the group first, so that records arriving
-/// while the function is at zero are counted — and consumed once it starts.
+/// A partition with no commit counts from `startingPosition`: from the start of the log for
+/// `earliest`, from the end for `latest`. For `latest`, while the group has no members (the
+/// function is at zero), the end is also committed for the group, so that records arriving
+/// while the function is at zero are counted — and consumed once it starts. A group with
+/// members is never written to: its runners commit their own starting positions when they are
+/// assigned a partition, and a commit from outside could move the group past records a runner
+/// is still working on.
 fn read_lag(props: &BTreeMap<String, String>, group: &str, f: &FunctionSpec) -> Reading {
     match try_read_lag(props, group, f) {
         Ok(r) => r,
@@ -141,10 +148,23 @@ fn try_read_lag(props: &BTreeMap<String, String>, group: &str, f: &FunctionSpec)
         };
         lag += (high - position).max(0);
     }
-    if initial.count() > 0 {
-        consumer.commit(&initial, CommitMode::Sync)?;
+    if initial.count() > 0 && group_is_empty(&consumer, group, timeout) {
+        // Best effort: a runner joining meanwhile makes the broker refuse it, and the runner
+        // then commits its own starting position.
+        if let Err(e) = consumer.commit(&initial, CommitMode::Sync) {
+            tracing::debug!(group, error = %e, "committing the starting position of an empty group");
+        }
     }
     Ok(Reading::Lag { lag, partitions, end_offsets: ends })
+}
+
+/// Whether the group has no members (it does not exist yet, or every runner left). Unknown
+/// counts as not empty: then nothing is committed.
+fn group_is_empty(consumer: &BaseConsumer, group: &str, timeout: Duration) -> bool {
+    match consumer.fetch_group_list(Some(group), timeout) {
+        Ok(list) => list.groups().iter().filter(|g| g.name() == group).all(|g| g.members().is_empty()),
+        Err(_) => false,
+    }
 }
 
 /// Run the loop until the process stops: every second, scale the functions whose poll is due.
@@ -171,18 +191,36 @@ pub async fn run(
                         autoscaler: Autoscaler::new(policy.clone()),
                         next: Instant::now(),
                         seen: Observation::default(),
+                        busy: false,
                     });
                     if entry.autoscaler.policy() != &policy {
                         entry.autoscaler.set_policy(policy.clone());
                     }
-                    let due = entry.next <= Instant::now();
+                    let due = !entry.busy && entry.next <= Instant::now();
                     if due {
                         entry.next = Instant::now() + f.scaling.poll_interval.get();
+                        entry.busy = true;
                     }
                     due
                 };
-                if due && let Err(e) = scale(&client, &pipeline, f, &scalers, &recorder, &metrics, started).await {
-                    tracing::warn!(pipeline = %name, function = %f.name, error = %e, "autoscaling");
+                if due {
+                    let (client, pipeline, f, scalers, recorder, metrics) = (
+                        client.clone(),
+                        pipeline.clone(),
+                        f.clone(),
+                        scalers.clone(),
+                        recorder.clone(),
+                        metrics.clone(),
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = scale(&client, &pipeline, &f, &scalers, &recorder, &metrics, started).await {
+                            tracing::warn!(pipeline = %pipeline.name_any(), function = %f.name, error = %e, "autoscaling");
+                        }
+                        let mut entries = scalers.entries.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(entry) = entries.get_mut(&key) {
+                            entry.busy = false;
+                        }
+                    });
                 }
             }
         }
@@ -195,7 +233,13 @@ pub async fn run(
                 p.spec.functions.iter().map(move |f| (ns.clone(), name.clone(), f.name.clone())).collect::<Vec<_>>()
             })
             .collect();
-        scalers.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live.contains(k));
+        scalers.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| {
+            let keep = live.contains(k);
+            if !keep {
+                metrics.forget(&k.0, &k.1, &k.2);
+            }
+            keep
+        });
     }
 }
 
@@ -235,13 +279,16 @@ async fn scale(
         entry.seen.desired = Some(d.desired);
         d
     };
-    metrics.replicas(&ns, &name, &f.name, current, decision.desired);
+    metrics.reading(&ns, &name, &f.name, if let Reading::Lag { lag, .. } = &reading { Some(*lag) } else { None });
     if decision.desired == current {
+        metrics.replicas(&ns, &name, &f.name, current, decision.desired);
         return Ok(());
     }
     tracing::info!(pipeline = %name, function = %f.name, from = current, to = decision.desired, reason = %decision.reason, "scaling");
     let patch = serde_json::json!({"spec": {"replicas": decision.desired}});
     deployments.patch_scale(&deployment_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    metrics.replicas(&ns, &name, &f.name, decision.desired, decision.desired);
+    metrics.scaled(&ns, &name, &f.name, current, decision.desired);
     let event = ScaleEvent {
         time: Time(k8s_openapi::jiff::Timestamp::now()),
         from: current,

@@ -36,12 +36,35 @@ pub struct FunctionLabel {
     pub function: String,
 }
 
+/// Labels of the scale-decision counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabel {
+    /// The Pipeline's namespace.
+    pub namespace: String,
+    /// The Pipeline.
+    pub pipeline: String,
+    /// The function.
+    pub function: String,
+    /// `up` or `down`.
+    pub direction: String,
+}
+
+/// Labels of the lag-reading counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadingLabel {
+    /// `ok` or `unavailable` (the autoscaler then holds the replicas).
+    pub result: String,
+}
+
 /// The operator's metrics and readiness.
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     current: Family<FunctionLabel, Gauge>,
     desired: Family<FunctionLabel, Gauge>,
+    lag: Family<FunctionLabel, Gauge>,
+    scalings: Family<ScaleLabel, Counter>,
+    readings: Family<ReadingLabel, Counter>,
     /// Set once the operator has started (leading or standing by).
     pub ready: AtomicBool,
     leader: Gauge,
@@ -56,9 +79,60 @@ impl Metrics {
         registry.register("reconciles", "Reconciles of Pipelines by result", reconciles.clone());
         registry.register("function_replicas", "Replicas of each function's runner Deployment", current.clone());
         registry.register("function_desired_replicas", "Replicas the autoscaler asks for", desired.clone());
+        let lag = Family::<FunctionLabel, Gauge>::default();
+        registry.register(
+            "function_lag_records",
+            "Consumer lag of each function's group at the last reading",
+            lag.clone(),
+        );
+        let scalings = Family::<ScaleLabel, Counter>::default();
+        registry.register("scale_decisions", "Changes of a function's replicas by the autoscaler", scalings.clone());
+        let readings = Family::<ReadingLabel, Counter>::default();
+        registry.register("lag_readings", "Lag readings by result", readings.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Arc::new(Metrics { registry, reconciles, current, desired, ready: AtomicBool::new(false), leader })
+        Arc::new(Metrics {
+            registry,
+            reconciles,
+            current,
+            desired,
+            lag,
+            scalings,
+            readings,
+            ready: AtomicBool::new(false),
+            leader,
+        })
+    }
+
+    /// Record a lag reading (`None`: it failed).
+    pub fn reading(&self, namespace: &str, pipeline: &str, function: &str, lag: Option<i64>) {
+        let result = if lag.is_some() { "ok" } else { "unavailable" };
+        self.readings.get_or_create(&ReadingLabel { result: result.into() }).inc();
+        if let Some(lag) = lag {
+            let label =
+                FunctionLabel { namespace: namespace.into(), pipeline: pipeline.into(), function: function.into() };
+            self.lag.get_or_create(&label).set(lag);
+        }
+    }
+
+    /// Count a change of replicas.
+    pub fn scaled(&self, namespace: &str, pipeline: &str, function: &str, from: i32, to: i32) {
+        let direction = if to > from { "up" } else { "down" };
+        let label = ScaleLabel {
+            namespace: namespace.into(),
+            pipeline: pipeline.into(),
+            function: function.into(),
+            direction: direction.into(),
+        };
+        self.scalings.get_or_create(&label).inc();
+    }
+
+    /// Forget the gauges of a function that is gone.
+    pub fn forget(&self, namespace: &str, pipeline: &str, function: &str) {
+        let label = FunctionLabel { namespace: namespace.into(), pipeline: pipeline.into(), function: function.into() };
+        self.current.remove(&label);
+        self.desired.remove(&label);
+        self.lag.remove(&label);
     }
 
     /// Record whether this replica leads.

@@ -106,7 +106,11 @@ pub fn status(previous: Option<&PipelineStatus>, observed: &Observed, now: Time)
     let ready = processor_ready && functions_ready;
     conditions.push(condition("Ready", ready, if ready { "Ready" } else { "NotReady" }, String::new()));
     let ever_ready = previous.and_then(|p| p.phase).is_some_and(|p| matches!(p, Phase::Running | Phase::Degraded));
+    let rescaling = matches!(observed.processor, Some((_, _, true)));
     let phase = match (ready, ever_ready) {
+        // A rescale stops a processor that ran: Degraded (CONTRACTS.md), with the
+        // ProcessorReady/Rescaling condition saying why.
+        _ if rescaling => Phase::Degraded,
         (true, _) => Phase::Running,
         (false, true) => Phase::Degraded,
         (false, false) => Phase::Pending,
@@ -123,14 +127,23 @@ pub fn status(previous: Option<&PipelineStatus>, observed: &Observed, now: Time)
             last_scale: f.last_scale.clone(),
         })
         .collect();
-    let processor = observed.processor.map(|(want, ready, _)| ProcessorStatus {
-        replicas: want,
-        ready_replicas: ready,
-        queries: observed
-            .queries
-            .iter()
-            .map(|(id, sink)| QueryStatus { id: id.clone(), sink: sink.clone(), state: "RUNNING".into() })
-            .collect(),
+    let processor = observed.processor.map(|(want, ready, rescaling)| {
+        // ksqlDB's query states: every replica runs every query on its share of the partitions.
+        let state = match (rescaling, ready) {
+            (true, _) => "REBALANCING",
+            (false, r) if r >= want && want > 0 => "RUNNING",
+            (false, 0) => "NOT_RUNNING",
+            (false, _) => "DEGRADED",
+        };
+        ProcessorStatus {
+            replicas: want,
+            ready_replicas: ready,
+            queries: observed
+                .queries
+                .iter()
+                .map(|(id, sink)| QueryStatus { id: id.clone(), sink: sink.clone(), state: state.into() })
+                .collect(),
+        }
     });
     let mut summary = Vec::new();
     if let Some((want, ready, _)) = observed.processor {
@@ -221,6 +234,26 @@ mod tests {
         assert_eq!(c.phase, Some(Phase::Running));
         let d = status(Some(&c), &o, t("2026-01-01T00:07:00Z"));
         assert_eq!(d.phase, Some(Phase::Degraded), "not ready after having run");
+    }
+
+    #[test]
+    fn a_rescale_shows_in_phase_condition_and_query_state() {
+        let queries = vec![("CSAS_X_0".to_owned(), "x".to_owned())];
+        let o = Observed { generation: Some(1), processor: Some((2, 0, false)), queries, ..Observed::default() };
+        let pending = status(None, &o, t("2026-01-01T00:00:00Z"));
+        assert_eq!(pending.phase, Some(Phase::Pending));
+        assert_eq!(pending.processor.as_ref().unwrap().queries[0].state, "NOT_RUNNING");
+        let rescaling = Observed { processor: Some((3, 1, true)), ..o.clone() };
+        let s = status(Some(&pending), &rescaling, t("2026-01-01T00:01:00Z"));
+        assert_eq!(s.phase, Some(Phase::Degraded), "a rescale is Degraded even before the first Running");
+        let c = s.conditions.iter().find(|c| c.type_ == "ProcessorReady").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Rescaling"));
+        assert_eq!(s.processor.as_ref().unwrap().queries[0].state, "REBALANCING");
+        assert_eq!(s.processor.as_ref().unwrap().ready_replicas, 1, "readiness as the StatefulSet reports it");
+        let running = Observed { processor: Some((3, 3, false)), ..o };
+        let s = status(Some(&s), &running, t("2026-01-01T00:02:00Z"));
+        assert_eq!(s.phase, Some(Phase::Running));
+        assert_eq!(s.processor.as_ref().unwrap().queries[0].state, "RUNNING");
     }
 
     #[test]

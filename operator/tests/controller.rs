@@ -20,13 +20,25 @@ use sluice_tests::{Service as Child, free_port, kube_client, kubeconfig_path, re
 
 const HASH: &str = "sluice.dev/config-hash";
 
-fn operator(kubeconfig: &str, ns: &str) -> Child {
+/// A running operator and the port of its `/metrics`.
+struct Operator {
+    child: Child,
+    port: u16,
+}
+
+impl Operator {
+    fn terminate(self) -> std::process::ExitStatus {
+        self.child.terminate()
+    }
+}
+
+fn operator(kubeconfig: &str, ns: &str) -> Operator {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-operator"));
     command
         .args(["run", "--namespace", ns, "--listen", &format!("127.0.0.1:{port}"), "--image", "sluice:test"])
         .env("KUBECONFIG", kubeconfig);
-    Child::start(command, port, "/readyz")
+    Operator { child: Child::start(command, port, "/readyz"), port }
 }
 
 fn example(ns: &str) -> anyhow::Result<Value> {
@@ -120,18 +132,30 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
     let status = pipelines.get("trades").await?.status.expect("status");
     assert_eq!(status.processor.as_ref().map(|p| p.queries.len()), Some(5), "{status:?}");
 
-    // A restarted operator: no duplicate, nothing rewritten that did not change.
+    // A restarted operator: no duplicate, nothing rewritten that did not change, status kept.
     let before = statefulsets.get("trades-processor").await?.resource_version();
+    let status_before = pipelines.get("trades").await?.status;
     tokio::task::spawn_blocking(move || op.terminate()).await?;
     let (p, n) = (path.clone(), ns.clone());
     let op = tokio::task::spawn_blocking(move || operator(&p, &n)).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await; // a fixed settle is the point here: nothing may happen
+    let op_port = op.port;
+    wait_for("the restarted operator's first reconcile", Duration::from_secs(60), || async move {
+        Ok((reconciles(op_port, "ok") >= 1.0).then_some(()))
+    })
+    .await?;
     assert_eq!(
         statefulsets.get("trades-processor").await?.resource_version(),
         before,
         "an unchanged Pipeline causes no writes"
     );
+    assert_eq!(pipelines.get("trades").await?.status, status_before, "status survives the restart");
     assert_eq!(deployments.list(&ListParams::default()).await?.items.len(), 1);
+
+    // The volume claims are fixed: a storage change is refused at apply time, by the CRD.
+    let mut bigger = example(&ns)?;
+    bigger["spec"]["processor"]["storage"] = json!({"size": "5Gi"});
+    let refused = apply(&client, &ns, &bigger).await.expect_err("a storage change is refused");
+    assert!(refused.to_string().contains("processor.storage cannot be changed"), "{refused}");
 
     // Change the SQL: the processor's template hash changes, the function's does not.
     let old_hash = template_hash(&sts);
@@ -149,6 +173,8 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
     assert_eq!(d.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(), fn_hash);
 
     // Bad SQL: condition, Event, children unchanged.
+    let config_before = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("trades-sluice-config").await?;
+    let deployment_before = deployments.get("trades-fn-settle").await?.resource_version();
     let mut bad = changed.clone();
     bad["spec"]["processor"]["sql"] = json!(format!("{sql}\nCREATE STREAM X AS SELECT nope FROM STOCKTRADE;\n"));
     apply(&client, &ns, &bad).await?;
@@ -175,6 +201,9 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
         template_hash(&sts),
         "children left as they were"
     );
+    let config_after = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("trades-sluice-config").await?;
+    assert_eq!(config_after.data, config_before.data, "the config files are left as they were");
+    assert_eq!(deployments.get("trades-fn-settle").await?.resource_version(), deployment_before);
     assert_eq!(pipelines.get("trades").await?.status.and_then(|s| s.phase), Some(sluice_crds::pipeline::Phase::Failed));
 
     // Remove the function: its Deployment and Service go.
@@ -274,6 +303,80 @@ async fn a_replica_change_rescales_through_zero() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(config_replicas(&configs.get("trades-sluice-config").await?), 3);
+    let status = tokio::task::spawn_blocking(move || op.terminate()).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
+
+/// `sluice_operator_reconciles_total{result=...}` of an operator.
+fn reconciles(port: u16, result: &str) -> f64 {
+    let Some((_, text)) = sluice_tests::http(port, "GET", "/metrics", None) else { return 0.0 };
+    let prefix = format!("sluice_operator_reconciles_total{{result=\"{result}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
+}
+
+/// An object the operator cannot apply (here a Service of the same name, created by someone
+/// else, whose cluster IP cannot become `None`): the reconcile fails and is retried, and the
+/// Pipeline says so — `Ready=False`/`ReconcileFailed` with the apiserver's message, and a
+/// Warning Event — instead of only the operator's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_apply_is_reported_in_status_and_events() -> anyhow::Result<()> {
+    let Some(path) = kubeconfig_path() else { return Ok(()) };
+    let client = kube_client(&path).await?;
+    sluice_tests::install_crd(&client).await?;
+    let ns = sluice_tests::create_namespace(&client).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let clash: Service = serde_json::from_value(json!({
+        "metadata": {"name": "trades-processor-peers"},
+        "spec": {"ports": [{"port": 80}]},
+    }))?;
+    services.create(&Default::default(), &clash).await?;
+    let (p, n) = (path.clone(), ns.clone());
+    let op = tokio::task::spawn_blocking(move || operator(&p, &n)).await?;
+    let mut pipeline = example(&ns)?;
+    pipeline["spec"]["functions"] = json!([]);
+    apply(&client, &ns, &pipeline).await?;
+    let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns);
+    let (status, message, _) = wait_for("Ready=False with ReconcileFailed", Duration::from_secs(60), || {
+        let api = pipelines.clone();
+        async move {
+            let p = api.get("trades").await?;
+            Ok(p.status.and_then(|s| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready" && c.reason == "ReconcileFailed")
+                    .map(|c| (c.status, c.message, c.observed_generation))
+            }))
+        }
+    })
+    .await?;
+    assert_eq!(status, "False");
+    assert!(message.contains("trades-processor-peers"), "the message names the object: {message}");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    wait_for("a ReconcileFailed Warning Event", Duration::from_secs(30), || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("ReconcileFailed")))
+        }
+    })
+    .await?;
+    // Once the clash is gone, the reconcile succeeds and Ready stops saying it failed.
+    services.delete("trades-processor-peers", &Default::default()).await?;
+    wait_for("the failure to clear", Duration::from_secs(60), || {
+        let api = pipelines.clone();
+        async move {
+            let p = api.get("trades").await?;
+            let cleared = p
+                .status
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason != "ReconcileFailed"));
+            Ok(cleared.then_some(()))
+        }
+    })
+    .await?;
     let status = tokio::task::spawn_blocking(move || op.terminate()).await?;
     assert!(status.success(), "{status}");
     Ok(())

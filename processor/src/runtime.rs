@@ -20,7 +20,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::{ClientContext, DefaultClientContext},
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
-    message::{Header, Headers, OwnedHeaders},
+    message::{Header, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, Producer},
     statistics::Statistics,
 };
@@ -489,10 +489,8 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                 }
                 Some(Ok(m)) => {
                     fetched += 1;
-                    let headers = m
-                        .headers()
-                        .map(|h| h.iter().map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec))).collect())
-                        .unwrap_or_default();
+                    // Not rdkafka's `headers()`: it panics on a key that is not UTF-8.
+                    let headers = sluice_kafka::headers(&m);
                     let rec = Record {
                         topic: m.topic().to_owned(),
                         key: m.key().map(<[u8]>::to_vec),

@@ -13,26 +13,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 {{- define "sluice.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
-{{/* What the operator does to the objects of a Pipeline: exactly the verbs it uses. */}}
+{{/* What the operator does to the objects of a Pipeline: exactly the verbs it uses (server-side
+apply is patch, plus create when the object is new). */}}
 {{- define "sluice.rules" -}}
 - apiGroups: [sluice.dev]
   resources: [pipelines]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [sluice.dev]
   resources: [pipelines/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [""]
-  resources: [configmaps, services, serviceaccounts]
+  resources: [configmaps]
+  verbs: [list, watch, create, patch]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, patch]
+- apiGroups: [""]
+  resources: [services]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [statefulsets, deployments]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [statefulsets/scale, deployments/scale]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

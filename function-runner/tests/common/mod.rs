@@ -105,6 +105,20 @@ pub fn group_lag(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<i6
     Ok(lag)
 }
 
+/// Whether the group has a committed offset for every partition of the topic.
+pub fn committed_everywhere(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<bool> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(partitions > 0 && committed.elements().iter().all(|e| matches!(e.offset(), Offset::Offset(_))))
+}
+
 /// `sluice-function-runner run` as a child process.
 pub struct Runner {
     pub service: sluice_tests::Service,
