@@ -33,6 +33,25 @@ fn http_function(name: &str, topic: &str, output: &str, port: u16, extra: Value)
     f
 }
 
+/// A runner of an HTTP function that retries twice (quickly), bisects and dead-letters.
+async fn start_dead_lettering(
+    bootstrap: &str,
+    run: &str,
+    name: &str,
+    (input, output, dlq): (&str, &str, &str),
+    port: u16,
+) -> anyhow::Result<Runner> {
+    let function = http_function(
+        name,
+        input,
+        output,
+        port,
+        json!({"onFailure": {"maxRetries": 2, "backoff": {"initial": "10ms", "max": "50ms"}, "bisectBatch": true, "deadLetterTopic": dlq}}),
+    );
+    let (config, listen) = runner_config(bootstrap, run, function);
+    Ok(tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?)
+}
+
 async fn wait_lag_zero(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<()> {
     sluice_tests::wait_for("the group's committed offsets to reach the end", Duration::from_secs(60), || {
         let (b, g, t) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
@@ -97,15 +116,7 @@ async fn a_poison_record_is_bisected_retried_and_dead_lettered() -> anyhow::Resu
     inputs[7].value = b"poison".to_vec();
     inputs[7].headers = vec![("trace".into(), vec![1, 2, 200])];
     produce(&bootstrap, &input, &inputs).await?;
-    let function = http_function(
-        "p",
-        &input,
-        &output,
-        port,
-        json!({"onFailure": {"maxRetries": 2, "backoff": {"initial": "10ms", "max": "50ms"}, "bisectBatch": true, "deadLetterTopic": dlq}}),
-    );
-    let (config, listen) = runner_config(&bootstrap, &run, function);
-    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+    let runner = start_dead_lettering(&bootstrap, &run, "p", (&input, &output, &dlq), port).await?;
 
     let dead = read(&bootstrap, &dlq, 1).await?;
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -318,15 +329,7 @@ async fn responses_kafka_cannot_take_fail_their_batch_and_nothing_is_doubled() -
     .await?;
     let n = 30;
     produce(&bootstrap, &input, &(0..n).map(|i| Input::numbered(i, 3)).collect::<Vec<_>>()).await?;
-    let function = http_function(
-        "r",
-        &input,
-        &output,
-        port,
-        json!({"onFailure": {"maxRetries": 2, "backoff": {"initial": "10ms", "max": "50ms"}, "bisectBatch": true, "deadLetterTopic": dlq}}),
-    );
-    let (config, listen) = runner_config(&bootstrap, &run, function);
-    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+    let runner = start_dead_lettering(&bootstrap, &run, "r", (&input, &output, &dlq), port).await?;
 
     let dead = read(&bootstrap, &dlq, 2).await?;
     let mut errors: Vec<(String, String)> = dead

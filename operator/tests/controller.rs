@@ -184,18 +184,7 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
     })
     .await?;
     assert!(message.contains("line "), "the message names the SQL line: {message}");
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    wait_for("a Warning Event", Duration::from_secs(30), || {
-        let e = events.clone();
-        async move {
-            let list = e.list(&ListParams::default()).await?;
-            Ok(list
-                .items
-                .into_iter()
-                .find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("InvalidSql")))
-        }
-    })
-    .await?;
+    warning_event(&client, &ns, "InvalidSql").await?;
     assert_eq!(
         template_hash(&statefulsets.get("trades-processor").await?),
         template_hash(&sts),
@@ -308,6 +297,22 @@ async fn a_replica_change_rescales_through_zero() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wait for a Warning Event with `reason` in the namespace.
+async fn warning_event(client: &Client, ns: &str, reason: &str) -> anyhow::Result<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("a {reason} Warning Event"), Duration::from_secs(30), || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason)))
+        }
+    })
+    .await
+}
+
 /// `sluice_operator_reconciles_total{result=...}` of an operator.
 fn reconciles(port: u16, result: &str) -> f64 {
     let Some((_, text)) = sluice_tests::http(port, "GET", "/metrics", None) else { return 0.0 };
@@ -352,18 +357,7 @@ async fn a_failing_apply_is_reported_in_status_and_events() -> anyhow::Result<()
     .await?;
     assert_eq!(status, "False");
     assert!(message.contains("trades-processor-peers"), "the message names the object: {message}");
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    wait_for("a ReconcileFailed Warning Event", Duration::from_secs(30), || {
-        let e = events.clone();
-        async move {
-            let list = e.list(&ListParams::default()).await?;
-            Ok(list
-                .items
-                .into_iter()
-                .find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("ReconcileFailed")))
-        }
-    })
-    .await?;
+    warning_event(&client, &ns, "ReconcileFailed").await?;
     // Once the clash is gone, the reconcile succeeds and Ready stops saying it failed.
     services.delete("trades-processor-peers", &Default::default()).await?;
     wait_for("the failure to clear", Duration::from_secs(60), || {

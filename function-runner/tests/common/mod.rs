@@ -81,18 +81,7 @@ pub async fn produce(bootstrap: &str, topic: &str, records: &[Input]) -> anyhow:
 /// Records behind the group's committed offsets, summed over the topic's partitions (a
 /// partition with no commit counts from its start).
 pub fn group_lag(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    let (consumer, committed) = committed_offsets(bootstrap, group, topic)?;
     let mut lag = 0;
     for e in committed.elements() {
         let (low, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
@@ -105,10 +94,14 @@ pub fn group_lag(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<i6
     Ok(lag)
 }
 
-/// Whether the group has a committed offset for every partition of the topic.
-pub fn committed_everywhere(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<bool> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?;
+/// The group's committed offsets for every partition of the topic (`Offset::Invalid` where it
+/// has none), with the consumer that read them.
+fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<(BaseConsumer, TopicPartitionList)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
     let mut tpl = TopicPartitionList::new();
@@ -116,7 +109,13 @@ pub fn committed_everywhere(bootstrap: &str, group: &str, topic: &str) -> anyhow
         tpl.add_partition(topic, p);
     }
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-    Ok(partitions > 0 && committed.elements().iter().all(|e| matches!(e.offset(), Offset::Offset(_))))
+    Ok((consumer, committed))
+}
+
+/// Whether the group has a committed offset for every partition of the topic.
+pub fn committed_everywhere(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<bool> {
+    let (_, committed) = committed_offsets(bootstrap, group, topic)?;
+    Ok(committed.count() > 0 && committed.elements().iter().all(|e| matches!(e.offset(), Offset::Offset(_))))
 }
 
 /// `sluice-function-runner run` as a child process.
