@@ -868,7 +868,11 @@ impl Dispatcher {
             in_flight = self.parts.values().map(|p| p.in_flight).sum::<usize>(),
             "stopping: finishing in-flight work"
         );
-        let deadline = Instant::now() + self.settings.timeout + Duration::from_secs(10);
+        // Everything below fits in the pod's grace period (invocation timeout + 30 s): in-flight
+        // work up to the timeout + 5 s, the last commit or transaction up to 10 s, the producer's
+        // flush up to 5 s. What does not make it is consumed again (at-least-once) or aborted
+        // and fenced (exactly-once) — never lost.
+        let deadline = Instant::now() + self.settings.timeout + Duration::from_secs(5);
         // Tasks see `stop` too: those not yet invoking return at once.
         while !failed
             && (self.parts.values().any(|p| p.in_flight > 0) || self.tx_in_flight)
@@ -886,16 +890,20 @@ impl Dispatcher {
         if !failed && !self.env.failed.load(Ordering::SeqCst) {
             if self.settings.exactly_once {
                 self.maybe_start_transaction(true);
-                if self.tx_in_flight
-                    && let Some(t) = tx_done.recv().await
-                {
-                    self.on_transaction(t);
+                if self.tx_in_flight {
+                    match tokio::time::timeout(Duration::from_secs(10), tx_done.recv()).await {
+                        Ok(Some(t)) => self.on_transaction(t),
+                        Ok(None) => {}
+                        Err(_) => tracing::warn!(
+                            "the last transaction did not finish in 10 s; its records will be consumed again"
+                        ),
+                    }
                 }
             } else {
                 let commits = self.all_commits(|_| true);
                 let (ack, done) = std_mpsc::channel();
                 let _ = self.consumer.commands.send(ToConsumer::CommitSync(commits, ack));
-                let _ = tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(30))).await;
+                let _ = tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(10))).await;
             }
         }
         for r in self.revocations.drain(..) {
@@ -919,7 +927,7 @@ impl Dispatcher {
                 }
             }
         }
-        if let Err(e) = env.producer.flush(Duration::from_secs(10)) {
+        if let Err(e) = env.producer.flush(Duration::from_secs(5)) {
             tracing::warn!(error = %e, "flushing the producer");
         }
         tracing::info!("stopped");
