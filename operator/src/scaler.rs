@@ -167,7 +167,7 @@ fn group_is_empty(consumer: &BaseConsumer, group: &str, timeout: Duration) -> bo
     }
 }
 
-/// Run the loop until the process stops: every second, scale the functions whose poll is due.
+/// Run the loop until the process stops: scale the functions whose poll is due.
 pub async fn run(
     client: Client,
     store: Store<Pipeline>,
@@ -176,7 +176,11 @@ pub async fn run(
     metrics: Arc<crate::server::Metrics>,
 ) {
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A fine tick, so that each function is read close to every `pollInterval` (a reading that
+    // is still running when its next one falls due is followed at the next tick, not a second
+    // later).
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         for pipeline in store.state() {
