@@ -5,6 +5,10 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_telemetry::LogArgs;
 
+mod datagen;
+mod query;
+mod run;
+
 /// Serverless stream processing on Apache Kafka: one Pipeline of SQL and functions.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about)]
@@ -31,6 +35,9 @@ enum Command {
         /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
         #[arg(long = "for")]
         run_for: Option<String>,
+        /// Where the processor serves its HTTP API (`sluice query --server`).
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        listen: String,
     },
     /// Check Pipeline files against the API schema and rules; exit 1 on any error.
     Validate {
@@ -78,19 +85,47 @@ fn main() -> ExitCode {
     cli.log.init();
     match cli.command {
         Command::Validate { pipelines } => validate(&pipelines),
-        Command::Run { .. } => {
-            not_yet("sluice run", "the local runner arrives with the processor and function-runner issues")
+        Command::Run { pipeline, bootstrap_servers, state_dir, run_for, listen } => {
+            let run_for = match run_for.as_deref().map(str::parse::<sluice_crds::Duration>).transpose() {
+                Ok(d) => d.map(|d| d.get()),
+                Err(e) => return fail("sluice run", &anyhow::anyhow!("--for: {e}")),
+            };
+            let options = run::Options { pipeline, bootstrap_servers, state_dir, run_for, listen };
+            finish("sluice run", block_on(run::run(options)))
         }
-        Command::Datagen { .. } => {
-            not_yet("sluice datagen", "the data generator arrives with the processor runtime issue")
+        Command::Datagen { quickstart, topic, count, rate, bootstrap_servers } => {
+            let q = match quickstart {
+                Quickstart::Stocktrade => datagen::Quickstart::Stocktrade,
+                Quickstart::Users => datagen::Quickstart::Users,
+                Quickstart::Pageviews => datagen::Quickstart::Pageviews,
+            };
+            let result = block_on(datagen::run(q, &topic, count, rate, &bootstrap_servers));
+            if let Ok(n) = &result {
+                eprintln!("sluice datagen: produced {n} records to {topic}");
+            }
+            finish("sluice datagen", result.map(|_| ()))
         }
-        Command::Query { .. } => not_yet("sluice query", "queries arrive with the processor runtime issue"),
+        Command::Query { server, sql } => {
+            let mut out = std::io::stdout();
+            finish("sluice query", block_on(query::run(&server, &sql, &mut out)))
+        }
     }
 }
 
-fn not_yet(command: &str, why: &str) -> ExitCode {
-    eprintln!("{command}: not implemented yet ({why}); nothing was done");
-    ExitCode::from(2)
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Runtime::new()?.block_on(f)
+}
+
+fn finish(command: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(command, &e),
+    }
+}
+
+fn fail(command: &str, e: &anyhow::Error) -> ExitCode {
+    eprintln!("{command}: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

@@ -152,6 +152,29 @@ pub struct ProcessorConfig {
     /// to the owner of a key's partition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+    /// How the processor creates the topics it writes (sinks, changelog, repartition and
+    /// processing-log topics): with the admin API (the default), or by asking for their
+    /// metadata on a cluster that creates topics on first use (`sluice run`'s embedded demo
+    /// Kafka, which has no admin API).
+    #[serde(default, skip_serializing_if = "TopicCreation::is_admin")]
+    pub topic_creation: TopicCreation,
+}
+
+/// How missing topics are created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TopicCreation {
+    /// `CreateTopics`, with the partition counts the queries need.
+    #[default]
+    Admin,
+    /// Metadata requests that let the cluster create them with its defaults.
+    AutoCreate,
+}
+
+impl TopicCreation {
+    fn is_admin(&self) -> bool {
+        *self == TopicCreation::Admin
+    }
 }
 
 impl ProcessorConfig {

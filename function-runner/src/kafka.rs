@@ -195,7 +195,16 @@ impl Context {
             if matches!(e.offset(), Offset::Offset(_)) {
                 continue;
             }
-            match consumer.fetch_watermarks(&self.topic, e.partition(), timeout) {
+            // A topic created a moment ago (the processor's sink) may not have a leader yet.
+            let mut read = consumer.fetch_watermarks(&self.topic, e.partition(), timeout);
+            for _ in 0..25 {
+                if !matches!(&read, Err(rdkafka::error::KafkaError::MetadataFetch(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                read = consumer.fetch_watermarks(&self.topic, e.partition(), timeout);
+            }
+            match read {
                 Ok((low, high)) => {
                     let at = if self.earliest { low } else { high };
                     let _ = start.add_partition_offset(&self.topic, e.partition(), Offset::Offset(at));
@@ -285,8 +294,8 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
 }
 
 /// Wait until each topic exists, saying every 30 s which one is missing: the topics a function
-/// writes to may be created by someone else (the processor, an administrator) after the runner
-/// starts. `Err` only when `stop` fires first.
+/// reads and writes may be created by someone else (the processor, an administrator) after the
+/// runner starts. `Err` only when `stop` fires first.
 pub async fn await_topics(
     producer: &FutureProducer,
     topics: &[(&str, &str)],
@@ -315,7 +324,7 @@ pub async fn await_topics(
             return Ok(());
         }
         if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-            tracing::warn!(missing = %missing.join("; "), "waiting for the function's output topics");
+            tracing::warn!(missing = %missing.join("; "), "waiting for the function's topics");
             said = Some(Instant::now());
         }
         tokio::select! {

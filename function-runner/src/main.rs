@@ -151,7 +151,9 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
             .await?
             .context("initialising Kafka transactions")?;
     }
-    let mut topics = Vec::new();
+    // The source may be the processor's sink, created when the processor starts: wait for it
+    // as for the outputs rather than fail.
+    let mut topics = vec![("function.source.topic", settings.topic.as_str())];
     if let Some(t) = &settings.output_topic {
         topics.push(("function.output.topic", t.as_str()));
     }

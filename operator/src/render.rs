@@ -281,6 +281,7 @@ impl Plan {
             properties: p.properties.clone(),
             listen: format!("0.0.0.0:{PROCESSOR_PORT}"),
             peers,
+            topic_creation: Default::default(),
         })
     }
 

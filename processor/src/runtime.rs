@@ -24,7 +24,7 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer},
     statistics::Statistics,
 };
-use sluice_crds::config::ProcessorConfig;
+use sluice_crds::config::{ProcessorConfig, TopicCreation};
 use sluice_engine::{Engine, PUSH_PREFIX, PushQuery, Record};
 use tracing::{info, warn};
 
@@ -258,7 +258,15 @@ fn prepare_topics(
         wanted.push((changelog.clone(), max_partitions));
     }
     drop(engine);
-    if !wanted.is_empty() {
+    if !wanted.is_empty() && config.topic_creation == TopicCreation::AutoCreate {
+        // A cluster that creates topics on first use (the demo's embedded Kafka, which has no
+        // admin API): asking for their metadata creates them, with its default partitions.
+        let auto: BaseConsumer = client_config(config)?.set("allow.auto.create.topics", "true").create()?;
+        for (name, _) in &wanted {
+            auto.fetch_metadata(Some(name), TIMEOUT).with_context(|| format!("creating topic '{name}'"))?;
+            info!(topic = %name, "asked the cluster to create topic");
+        }
+    } else if !wanted.is_empty() {
         let admin: AdminClient<DefaultClientContext> = client_config(config)?.create()?;
         let topics: Vec<NewTopic<'_>> = wanted
             .iter()
@@ -277,6 +285,8 @@ fn prepare_topics(
                 Err((name, code)) => bail!("creating topic '{name}': {code}"),
             }
         }
+    }
+    if !wanted.is_empty() {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             counts = partition_counts(consumer)?;
@@ -297,6 +307,28 @@ pub fn changelog_topic(config: &ProcessorConfig) -> String {
     format!("{}-changelog", config.application_id)
 }
 
+/// A partition's low and high watermarks, waiting out what a topic created a moment ago goes
+/// through (no leader yet, not yet in the metadata) for up to [`TIMEOUT`].
+fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<(i64, i64)> {
+    use rdkafka::{error::KafkaError, types::RDKafkaErrorCode::*};
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, TIMEOUT) {
+            Ok(w) => return Ok(w),
+            Err(KafkaError::MetadataFetch(
+                NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition | UnknownPartition,
+            )) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading the offsets of {topic}-{partition}")),
+        }
+    }
+}
+
 /// Rebuild the owned partitions' state from the changelog: from the checkpoint of a clean stop,
 /// else (a crash, or no state) from the beginning into an emptied database.
 fn restore(config: &ProcessorConfig, shared: &Shared, partitions: &[i32]) -> anyhow::Result<()> {
@@ -314,7 +346,7 @@ fn restore(config: &ProcessorConfig, shared: &Shared, partitions: &[i32]) -> any
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(&topic, *p, TIMEOUT)?;
+        let (low, high) = watermarks(&consumer, &topic, *p)?;
         let from = checkpoint.as_ref().and_then(|c| c.get(p).copied());
         if from.unwrap_or(low) >= high {
             continue;
@@ -647,7 +679,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
             // what follows.
             let mut checkpoint = BTreeMap::new();
             for p in &changelog_partitions {
-                let (_, high) = consumer.fetch_watermarks(&changelog, *p, TIMEOUT)?;
+                let (_, high) = watermarks(&consumer, &changelog, *p)?;
                 checkpoint.insert(*p, high);
             }
             shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?.store.write_checkpoint(&checkpoint)?;

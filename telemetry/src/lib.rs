@@ -44,6 +44,7 @@ pub async fn stop_requested() {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
+                _ = parent_gone() => tracing::warn!("the process that started this one is gone"),
             }
         }
         Err(e) => {
@@ -52,6 +53,21 @@ pub async fn stop_requested() {
         }
     }
     tracing::info!("stop requested");
+}
+
+/// The environment variable with which a parent (`sluice run`) asks its children to stop when
+/// it is gone: its process id. A child whose parent id is no longer that one was orphaned (the
+/// parent was killed without a chance to stop it) and stops cleanly instead of running on.
+pub const STOP_WITH_PARENT_ENV: &str = "SLUICE_STOP_WITH_PARENT";
+
+/// Resolves once the parent named by [`STOP_WITH_PARENT_ENV`] is gone; never without it.
+async fn parent_gone() {
+    let Some(parent) = std::env::var(STOP_WITH_PARENT_ENV).ok().and_then(|p| p.parse::<u32>().ok()) else {
+        return std::future::pending().await;
+    };
+    while std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// A `/metrics` response: the registry in Prometheus' OpenMetrics text format.
