@@ -26,6 +26,17 @@ pub enum Quickstart {
     Pageviews,
 }
 
+impl Quickstart {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quickstart::Stocktrade => "stocktrade",
+            Quickstart::Users => "users",
+            Quickstart::Pageviews => "pageviews",
+        }
+    }
+}
+
 const SYMBOLS: [&str; 7] = ["ZBZX", "ZJZZT", "ZTEST", "ZVV", "ZVZZT", "ZWZZT", "ZXZZT"];
 const ACCOUNTS: [&str; 3] = ["ABC123", "LMN456", "XYZ789"];
 const SIDES: [&str; 3] = ["BUY", "SELL", "SHORT"];
@@ -71,9 +82,21 @@ pub fn record(quickstart: Quickstart, i: u64, rng: &mut impl Rng) -> (String, Va
     }
 }
 
+/// What an in-process generator listens to (stop, pause) and what it reports (records
+/// produced), shared with whoever runs it (`sluice run --datagen`, its live view).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Stop producing.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Produce nothing while set.
+    pub paused: std::sync::atomic::AtomicBool,
+    /// Records produced (acknowledged) so far.
+    pub produced: std::sync::atomic::AtomicU64,
+}
+
 /// Produce `count` records (or until stopped) at `rate` per second (or as fast as the broker
 /// takes them) to `topic`, creating it with the broker's defaults when it is missing. Returns
-/// the number produced.
+/// the number produced. Stops on Ctrl-C.
 pub async fn run(
     quickstart: Quickstart,
     topic: &str,
@@ -81,8 +104,30 @@ pub async fn run(
     rate: Option<u64>,
     bootstrap: &str,
 ) -> anyhow::Result<u64> {
-    anyhow::ensure!(rate != Some(0), "--rate must be at least 1 record per second");
+    let control = Control::default();
+    let stop = control.stop.clone();
+    let signal = tokio::spawn(async move {
+        sluice_telemetry::stop_requested().await;
+        stop.cancel();
+    });
     ensure_topic(bootstrap, topic).await?;
+    let result = produce(quickstart, topic, count, rate, bootstrap, &control).await;
+    signal.abort();
+    result
+}
+
+/// Produce as [`run`] does, under `control`, to a topic that exists. The first records of a
+/// table's data set (the nine users) go at once, so that the streams joined with it find them.
+pub async fn produce(
+    quickstart: Quickstart,
+    topic: &str,
+    count: Option<u64>,
+    rate: Option<u64>,
+    bootstrap: &str,
+    control: &Control,
+) -> anyhow::Result<u64> {
+    use std::sync::atomic::Ordering;
+    anyhow::ensure!(rate != Some(0), "--rate must be at least 1 record per second");
     // Keys go where Kafka's Java clients would put them (murmur2), so that tables and joins
     // downstream find them in the partitions they expect.
     let producer: FutureProducer = ClientConfig::new()
@@ -90,18 +135,33 @@ pub async fn run(
         .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        // A broker that went away fails a record within 30 s instead of librdkafka's 5 minutes.
+        .set("message.timeout.ms", "30000")
         .create()
         .context("creating the producer")?;
-    let stop = tokio::spawn(sluice_telemetry::stop_requested());
-    let started = Instant::now();
-    let mut rng = rand::rng();
+    let burst = if quickstart == Quickstart::Users { 9 } else { 0 };
+    // A generator of its own (the thread's is not Send across the awaits below).
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
     let mut sent = 0u64;
+    // The rate's clock: record n goes at `at + (n - from) / rate`, restarted after a pause.
+    let (mut at, mut from) = (Instant::now(), burst);
     let mut pending = Vec::new();
-    while count.is_none_or(|c| sent < c) && !stop.is_finished() {
-        if let Some(rate) = rate {
-            // Record n goes at n / rate seconds: an even rate, with no drift.
-            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
-            tokio::time::sleep_until(due.into()).await;
+    while count.is_none_or(|c| sent < c) && !control.stop.is_cancelled() {
+        if control.paused.load(Ordering::SeqCst) {
+            tokio::select! {
+                () = control.stop.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            (at, from) = (Instant::now(), sent);
+            continue;
+        }
+        if let Some(rate) = rate.filter(|_| sent >= burst) {
+            // An even rate, with no drift.
+            let due = at + Duration::from_secs_f64(sent.saturating_sub(from) as f64 / rate as f64);
+            tokio::select! {
+                () = control.stop.cancelled() => break,
+                () = tokio::time::sleep_until(due.into()) => {}
+            }
         }
         let (key, value) = record(quickstart, sent, &mut rng);
         let payload = value.to_string();
@@ -112,15 +172,27 @@ pub async fn run(
         sent += 1;
         if pending.len() >= 1000 || rate.is_some() {
             for d in pending.drain(..) {
-                d.await.context("producing")?.map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+                // Told to stop while waiting: what is in flight is left to librdkafka's flush.
+                let acked = tokio::select! {
+                    a = d => a,
+                    () = control.stop.cancelled() => break,
+                };
+                acked.context("producing")?.map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+                control.produced.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-    for d in pending {
-        d.await.context("producing")?.map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    if !control.stop.is_cancelled() {
+        for d in pending {
+            d.await.context("producing")?.map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+            control.produced.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    producer.flush(Duration::from_secs(30)).context("flushing")?;
-    stop.abort();
+    // Bounded: a stop must not wait on a broker that is gone.
+    let wait = if control.stop.is_cancelled() { Duration::from_secs(5) } else { Duration::from_secs(30) };
+    if let Err(e) = producer.flush(wait) {
+        anyhow::ensure!(control.stop.is_cancelled(), "flushing to {topic}: {e}");
+    }
     Ok(sent)
 }
 

@@ -5,9 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_telemetry::LogArgs;
 
+mod broker;
 mod datagen;
+mod live;
 mod query;
 mod run;
+mod view;
 
 /// Serverless stream processing on Apache Kafka: one Pipeline of SQL and functions.
 #[derive(Parser, Debug)]
@@ -26,7 +29,8 @@ enum Command {
     Run {
         /// The Pipeline file.
         pipeline: PathBuf,
-        /// Kafka to use; without it an embedded in-process Kafka is started (demo only).
+        /// Kafka to use; without it, an Apache Kafka broker is started for the run (it needs
+        /// Java 17 or newer; its data stays in the state directory).
         #[arg(long)]
         bootstrap_servers: Option<String>,
         /// Where the processor keeps its state.
@@ -38,6 +42,19 @@ enum Command {
         /// Where the processor serves its HTTP API (`sluice query --server`).
         #[arg(long, default_value = "127.0.0.1:8088")]
         listen: String,
+        /// Produce a quickstart data set into a topic while the Pipeline runs
+        /// (`stocktrade:stocktrade`, `users:users`, `pageviews:TOPIC`); repeatable.
+        #[arg(long, value_name = "QUICKSTART:TOPIC", value_parser = parse_datagen)]
+        datagen: Vec<(datagen::Quickstart, String)>,
+        /// Records per second of each `--datagen`.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        datagen_rate: u64,
+        /// Log lines instead of the live view (the default when not on a terminal).
+        #[arg(long)]
+        plain: bool,
+        /// The table whose latest rows are shown first (default: the last table of the SQL).
+        #[arg(long)]
+        table: Option<String>,
     },
     /// Check Pipeline files against the API schema and rules; exit 1 on any error.
     Validate {
@@ -63,13 +80,16 @@ enum Command {
         #[arg(long, default_value = "localhost:9092")]
         bootstrap_servers: String,
     },
-    /// Run a pull or push query against a processor.
+    /// Run a query or statement against a processor, or, without one, an interactive session.
     Query {
         /// The processor's HTTP address.
         #[arg(long, default_value = "http://localhost:8088")]
         server: String,
-        /// The SQL statement.
-        sql: String,
+        /// How results are printed.
+        #[arg(long, value_enum, default_value = "table")]
+        output: query::Output,
+        /// The SQL statement; without it, statements are read interactively (ending with `;`).
+        sql: Option<String>,
     },
 }
 
@@ -83,14 +103,47 @@ enum Quickstart {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    match cli.command {
+    // `validate` parses and plans SQL: room for the deepest tree the parser accepts.
+    std::thread::Builder::new()
+        .name("main".into())
+        .stack_size(sluice_sql::SQL_STACK_SIZE)
+        .spawn(move || command(cli.command))
+        .and_then(|t| t.join().map_err(|_| std::io::Error::other("panicked")))
+        .unwrap_or_else(|e| {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn command(command: Command) -> ExitCode {
+    match command {
         Command::Validate { pipelines } => validate(&pipelines),
-        Command::Run { pipeline, bootstrap_servers, state_dir, run_for, listen } => {
+        Command::Run {
+            pipeline,
+            bootstrap_servers,
+            state_dir,
+            run_for,
+            listen,
+            datagen,
+            datagen_rate,
+            plain,
+            table,
+        } => {
             let run_for = match run_for.as_deref().map(str::parse::<sluice_crds::Duration>).transpose() {
                 Ok(d) => d.map(|d| d.get()),
                 Err(e) => return fail("sluice run", &anyhow::anyhow!("--for: {e}")),
             };
-            let options = run::Options { pipeline, bootstrap_servers, state_dir, run_for, listen };
+            let options = run::Options {
+                pipeline,
+                bootstrap_servers,
+                state_dir,
+                run_for,
+                listen,
+                datagen,
+                datagen_rate,
+                plain,
+                table,
+            };
             finish("sluice run", block_on(run::run(options)))
         }
         Command::Datagen { quickstart, topic, count, rate, bootstrap_servers } => {
@@ -105,11 +158,34 @@ fn main() -> ExitCode {
             }
             finish("sluice datagen", result.map(|_| ()))
         }
-        Command::Query { server, sql } => {
+        Command::Query { server, output, sql: Some(sql) } => {
             let mut out = std::io::stdout();
-            finish("sluice query", block_on(query::run(&server, &sql, &mut out)))
+            finish("sluice query", block_on(query::run(&server, &sql, output, &mut out)))
+        }
+        Command::Query { server, output, sql: None } => {
+            // ksqlDB's CLI keeps its history in the home directory; ours in the XDG state one.
+            let history = std::env::var_os("XDG_STATE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+                .map(|d| d.join("sluice/query_history"));
+            finish("sluice query", block_on(query::interactive(&server, output, history)))
         }
     }
+}
+
+/// `QUICKSTART:TOPIC`.
+fn parse_datagen(text: &str) -> Result<(datagen::Quickstart, String), String> {
+    let (q, topic) = text.split_once(':').ok_or_else(|| format!("{text:?}: expected QUICKSTART:TOPIC"))?;
+    let q = match q {
+        "stocktrade" => datagen::Quickstart::Stocktrade,
+        "users" => datagen::Quickstart::Users,
+        "pageviews" => datagen::Quickstart::Pageviews,
+        other => return Err(format!("{other:?}: the quickstarts are stocktrade, users and pageviews")),
+    };
+    if topic.is_empty() {
+        return Err(format!("{text:?}: no topic after the colon"));
+    }
+    Ok((q, topic.to_owned()))
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

@@ -1,8 +1,8 @@
-//! `sluice run` with no Kafka at all: the zero-setup demo. It starts its embedded Kafka (this is
-//! the one place librdkafka's mock cluster serves, and this test checks that it does), creates
-//! the Pipeline's topics, says where to produce, and runs the seed example on it: `sluice
-//! datagen` into it, the settle function through the real `awslambdaric`, `sluice query` out of
-//! it — every trade counted once.
+//! `sluice run` with no Kafka given: it starts a real Apache Kafka broker of its own (jars from
+//! the cache the test suite shares, Java from the machine), creates the Pipeline's topics, says
+//! where to produce, and runs the seed example on it with exactly-once kept: `sluice datagen`
+//! into it, the settle function through the real `awslambdaric` in the Python environment `sluice
+//! run` makes, `sluice query` out of it — every trade counted once.
 
 use std::{
     io::{BufRead, BufReader},

@@ -163,9 +163,71 @@ async fn the_seed_example_runs_end_to_end_on_this_machine() -> anyhow::Result<()
     }
     assert_eq!(got, want, "per-minute counts per symbol and disposition, summed over windows");
 
+    // The same counts as JSON and CSV, for scripts.
+    let server = format!("http://127.0.0.1:{port}");
+    let completed = |output: &str| {
+        let out = sluice()
+            .args(["query", "--server", &server, "--output", output, "SELECT * FROM COMPLETED_PER_MINUTE;"])
+            .output()
+            .expect("sluice query");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let want_completed: BTreeMap<String, i64> =
+        want.iter().filter(|((_, d), _)| *d == "Completed").map(|((s, _), n)| (s.clone(), *n)).collect();
+    let mut from_json: BTreeMap<String, i64> = BTreeMap::new();
+    for row in serde_json::from_str::<Vec<Value>>(&completed("json"))? {
+        *from_json.entry(row["SYMBOL"].as_str().unwrap_or_default().to_owned()).or_default() +=
+            row["NUM_COMPLETED"].as_i64().unwrap_or(0);
+    }
+    assert_eq!(from_json, want_completed, "--output json");
+    let csv = completed("csv");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("SYMBOL,WINDOWSTART,WINDOWEND,NUM_COMPLETED"), "{csv}");
+    let from_csv: i64 = lines.filter_map(|l| l.rsplit(',').next()?.parse::<i64>().ok()).sum();
+    assert_eq!(from_csv, want_completed.values().sum::<i64>(), "--output csv");
+
+    // The interactive session, through a pseudo-terminal as a user types into it.
+    let history = dir.join("xdg-state");
+    let (server_, history_) = (server.clone(), history.clone());
+    tokio::task::spawn_blocking(move || interactive_session(&server_, &history_)).await??;
+    let saved = std::fs::read_to_string(history.join("sluice/query_history"))?;
+    assert!(saved.contains("SHOW TABLES;"), "the history is kept: {saved}");
+
     // Ctrl-C (here SIGTERM): everything stops cleanly.
     let status = tokio::task::spawn_blocking(move || sluice_run.terminate()).await?;
     assert!(status.success(), "sluice run: {status}");
     std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// `sluice query` with no statement, driven through a pseudo-terminal: a listing, a description,
+/// a statement typed over three lines, a push query ended by Ctrl-C (the session goes on), exit.
+fn interactive_session(server: &str, state: &std::path::Path) -> anyhow::Result<()> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.args(["query", "--server", server]).env("XDG_STATE_HOME", state).env("TERM", "dumb");
+    let mut p = rexpect::session::spawn_command(command, Some(30_000))?;
+    p.exp_string("sluice> ")?;
+    p.send_line("SHOW TABLES;")?;
+    p.exp_string("COMPLETED_PER_MINUTE")?;
+    p.exp_string("sluice> ")?;
+    p.send_line("DESCRIBE COMPLETED_PER_MINUTE;")?;
+    p.exp_string("| Field")?;
+    p.exp_string("NUM_COMPLETED")?;
+    p.exp_string("sluice> ")?;
+    p.send_line("SELECT symbol, num_completed")?;
+    p.exp_string("...> ")?;
+    p.send_line("  FROM COMPLETED_PER_MINUTE")?;
+    p.exp_string("...> ")?;
+    p.send_line("  WHERE symbol = 'ZVV';")?;
+    p.exp_string("| SYMBOL")?;
+    p.exp_regex(r"\d+ rows?")?;
+    p.exp_string("sluice> ")?;
+    p.send_line("SELECT * FROM TRADE_SETTLEMENT EMIT CHANGES;")?;
+    p.exp_string("DISPOSITION")?;
+    p.send_control('c')?;
+    p.exp_string("sluice> ")?;
+    p.send_line("exit")?;
+    p.exp_eof()?;
     Ok(())
 }

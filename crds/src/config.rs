@@ -34,9 +34,15 @@ pub struct KafkaConfig {
     /// Path of a PEM file with the CA that signs the brokers' certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
-    /// Extra librdkafka properties, passed through.
+    /// Extra librdkafka properties from the Pipeline, passed through. Keys that run a command,
+    /// load code or read files ([`crate::kafka_properties::refusal`]) are refused here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties set by the cluster administrator (the operator's `--kafka-property`),
+    /// never from a Pipeline: they may hold the keys refused in `properties` (Kerberos, an
+    /// OpenSSL engine), and they win over `properties`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trusted_properties: BTreeMap<String, String>,
 }
 
 /// SASL settings: the mechanism and the environment variables holding the credentials.
@@ -66,6 +72,9 @@ pub enum ConfigError {
     /// A credential variable is unset or empty.
     #[error("environment variable {0} is not set (it carries the Kafka SASL credentials)")]
     MissingEnv(String),
+    /// A property that runs a command, loads code or reads files, from a Pipeline.
+    #[error("kafka.properties: {0}")]
+    Refused(String),
     /// A config file did not parse.
     #[error("{path}: {message}")]
     Invalid {
@@ -90,6 +99,15 @@ impl KafkaConfig {
             }),
             ca_file: spec.tls.as_ref().and(ca_file.map(str::to_owned)),
             properties: spec.properties.clone(),
+            trusted_properties: BTreeMap::new(),
+        }
+    }
+
+    /// The first property of `properties` a Pipeline may not set, as an error.
+    pub fn check_properties(&self) -> Result<(), ConfigError> {
+        match self.properties.keys().find_map(|k| crate::kafka_properties::refusal_message(k)) {
+            Some(message) => Err(ConfigError::Refused(message)),
+            None => Ok(()),
         }
     }
 
@@ -99,12 +117,17 @@ impl KafkaConfig {
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<BTreeMap<String, String>, ConfigError> {
+        self.check_properties()?;
         let mut props = self.properties.clone();
+        props.extend(self.trusted_properties.clone());
+        // librdkafka's other names for the keys set here would race them (a map has no order).
+        props.remove("metadata.broker.list");
         props.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
         props.insert("security.protocol".into(), self.security_protocol.as_str().into());
         if let Some(sasl) = &self.sasl {
             let get =
                 |name: &str| env(name).filter(|v| !v.is_empty()).ok_or_else(|| ConfigError::MissingEnv(name.into()));
+            props.remove("sasl.mechanisms");
             props.insert("sasl.mechanism".into(), sasl.mechanism.as_str().into());
             props.insert("sasl.username".into(), get(&sasl.username_env)?);
             props.insert("sasl.password".into(), get(&sasl.password_env)?);
@@ -113,6 +136,27 @@ impl KafkaConfig {
             props.insert("ssl.ca.location".into(), ca.clone());
         }
         Ok(props)
+    }
+
+    /// The properties of a client that runs outside the data plane (the operator's lag reader):
+    /// the connection settings, then only the keys of
+    /// [`crate::kafka_properties::OPERATOR_ALLOWED`] from `properties`, then
+    /// `trusted_properties`.
+    pub fn operator_client_properties(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let allowed = crate::kafka_properties::OPERATOR_ALLOWED;
+        let narrowed = KafkaConfig {
+            properties: self
+                .properties
+                .iter()
+                .filter(|(k, _)| allowed.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..self.clone()
+        };
+        narrowed.client_properties(env)
     }
 }
 
@@ -158,6 +202,28 @@ pub struct ProcessorConfig {
     /// Kafka, which has no admin API).
     #[serde(default, skip_serializing_if = "TopicCreation::is_admin")]
     pub topic_creation: TopicCreation,
+    /// Topics the Pipeline's functions write (outputs, dead-letter topics). When the SQL reads
+    /// one that does not exist yet, the processor creates it as given here rather than wait for
+    /// a function that may only start once the processor has produced its input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub function_topics: Vec<TopicSpec>,
+}
+
+/// A topic as it is created when missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The topic.
+    pub topic: String,
+    /// Its partitions; else those of `partitionsOf`; else 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// The topic whose partition count it takes when `partitions` is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions_of: Option<String>,
+    /// Its replication factor; else the broker's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
 }
 
 /// How missing topics are created.
@@ -356,6 +422,7 @@ function:
                 ("security.protocol".into(), "PLAINTEXT".into()),
                 ("client.rack".into(), "a".into()),
             ]),
+            trusted_properties: BTreeMap::new(),
         };
         let env = |name: &str| match name {
             SASL_USERNAME_ENV => Some("alice".to_string()),
@@ -373,5 +440,53 @@ function:
         // And the rendered file never contains a secret.
         let yaml = serde_norway::to_string(&c).unwrap();
         assert!(!yaml.contains("secret") && !yaml.contains("alice"), "{yaml}");
+    }
+
+    #[test]
+    fn properties_that_run_or_load_are_refused_unless_trusted() {
+        let mut c = KafkaConfig {
+            bootstrap_servers: "k:9092".into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl: None,
+            ca_file: None,
+            properties: BTreeMap::from([("sasl.kerberos.kinit.cmd".into(), "sh -c 'id > /tmp/pwned'".into())]),
+            trusted_properties: BTreeMap::new(),
+        };
+        let e = c.client_properties(|_| None).unwrap_err().to_string();
+        assert!(e.starts_with("kafka.properties: \"sasl.kerberos.kinit.cmd\" may not be set"), "{e}");
+        let operator = c.operator_client_properties(|_| None).unwrap();
+        assert!(!operator.contains_key("sasl.kerberos.kinit.cmd"), "never in the operator's clients: {operator:?}");
+        // The same key from the administrator is taken as is.
+        c.trusted_properties = std::mem::take(&mut c.properties);
+        let props = c.client_properties(|_| None).unwrap();
+        assert_eq!(props["sasl.kerberos.kinit.cmd"], "sh -c 'id > /tmp/pwned'");
+    }
+
+    #[test]
+    fn the_operator_takes_only_allowed_keys_from_a_pipeline() {
+        let mut c = KafkaConfig {
+            bootstrap_servers: "k:9092".into(),
+            security_protocol: SecurityProtocol::Ssl,
+            sasl: None,
+            ca_file: None,
+            properties: BTreeMap::from([
+                ("client.rack".into(), "a".into()),
+                ("debug".into(), "all".into()),
+                ("sasl.oauthbearer.token.endpoint.url".into(), "http://169.254.169.254/".into()),
+                ("security.protocol".into(), "PLAINTEXT".into()),
+            ]),
+            trusted_properties: BTreeMap::from([("socket.nagle.disable".into(), "true".into())]),
+        };
+        let props = c.operator_client_properties(|_| None).unwrap();
+        assert_eq!(
+            props.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["bootstrap.servers", "client.rack", "security.protocol", "socket.nagle.disable"]
+        );
+        assert_eq!(props["security.protocol"], "SSL");
+        // The data plane takes the rest, never a URL to fetch.
+        let e = c.client_properties(|_| None).unwrap_err();
+        assert!(e.to_string().contains("sasl.oauthbearer.token.endpoint.url"), "{e}");
+        c.properties.remove("sasl.oauthbearer.token.endpoint.url");
+        assert!(c.client_properties(|_| None).unwrap().contains_key("debug"));
     }
 }

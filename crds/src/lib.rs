@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod kafka_properties;
 pub mod pipeline;
 pub mod quantity;
 pub mod validate;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{EnvVar, ResourceRequirements},
+    api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 use kube::{CustomResource, KubeSchema};
@@ -94,9 +94,16 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 
-    /// Extra librdkafka client properties, passed through as given
-    /// (for example `client.rack` or `socket.keepalive.enable`).
+    /// Extra librdkafka client properties, passed through to the processor's and the runners'
+    /// clients (for example `client.rack` or `socket.keepalive.enable`). Keys that make the
+    /// client run a command, load code or read files (`sasl.kerberos.*`, `plugin.*`,
+    /// `ssl.engine.*`, `ssl.providers`, `offset.store.*`, `sasl.oauthbearer.metadata.*`,
+    /// `test.*`, any key ending in `.location`, `.file`, `.path`, `.paths`, `.cmd` or `.url`, and
+    /// the `topic.` forms of these) are refused: a cluster administrator sets those for every
+    /// Pipeline with the operator's `--kafka-property`.
     #[serde(default)]
+    #[schemars(extend("maxProperties" = 128))]
+    #[x_kube(validation = crate::kafka_properties::cel_rule())]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -240,6 +247,62 @@ pub struct ProcessorSpec {
     /// ksqlDB-style query properties (for example `ksql.streams.cache.max.bytes.buffering`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+
+    /// Scheduling and identity of the processor's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
+}
+
+/// What a Pipeline may set on the pods the operator makes for it: scheduling, identity, image
+/// pull credentials, metadata. The containers, their security context and volumes stay the
+/// operator's (a typed section rather than a pod-template overlay: the schema validates it at
+/// apply time, and nothing can drop the non-root, read-only settings).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSettings {
+    /// Labels added to the pods. The operator's own (`app.kubernetes.io/name`, `instance`,
+    /// `component`, `managed-by`, `sluice.dev/*`) select the pods and cannot be set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/managed-by'] || k.startsWith('sluice.dev/')))").message("pod.labels may not set the labels the operator selects its pods with (app.kubernetes.io/name, instance, component, managed-by, sluice.dev/*)"))]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations added to the pods (`sluice.dev/*` are the operator's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, !k.startsWith('sluice.dev/'))").message("pod.annotations may not set sluice.dev/* annotations (the operator's)"))]
+    pub annotations: BTreeMap<String, String>,
+
+    /// The ServiceAccount the pods run as, for code that calls cloud APIs with workload
+    /// identity (IRSA, GKE Workload Identity). Default: the Pipeline's own, which has no
+    /// permissions. No Kubernetes API token is mounted either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
+
+    /// Secrets (in the Pipeline's namespace) with credentials for pulling the pods' images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Nodes the pods may run on, by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node and pod affinity and anti-affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// The pods' PriorityClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
 }
 
 /// A processor pod's persistent volume.
@@ -299,6 +362,15 @@ pub struct FunctionSpec {
     /// Lag-based autoscaling of the function's runners.
     #[serde(default)]
     pub scaling: ScalingSpec,
+
+    /// Compute resources of the runner container (the function container's are
+    /// `runtime.lambda.resources`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_resources: Option<ResourceRequirements>,
+
+    /// Scheduling and identity of the function's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
 }
 
 /// The topic a function consumes.
@@ -369,6 +441,12 @@ pub struct LambdaRuntime {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
+    /// When the kubelet pulls `image` (`Always`, `IfNotPresent`, `Never`); default: Kubernetes'
+    /// (`Always` for a `:latest` or untagged image, else `IfNotPresent`). `Never` runs an image
+    /// loaded into the nodes by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: Option<String>,
     /// The container's command; the local process that `sluice run` starts.
     #[serde(default)]
     pub command: Vec<String>,
@@ -411,9 +489,19 @@ pub struct HttpRuntime {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutputSpec {
-    /// Topic for returned records that name none.
+    /// Topic for returned records that name none. Created when missing (by the runner, or by
+    /// the processor when its SQL reads it), with `partitions` and `replicationFactor`.
     #[schemars(length(min = 1, max = 249), pattern(TOPIC_PATTERN))]
     pub topic: String,
+    /// Partitions of the output topic when it is created; default: those of the source topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: Option<i32>,
+    /// Replication factor of the output topic when it is created; default: the broker's
+    /// `default.replication.factor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: Option<i32>,
 }
 
 /// Delivery guarantee of a function's outputs.
@@ -453,7 +541,8 @@ pub struct OnFailureSpec {
     #[serde(default = "default_true")]
     pub bisect_batch: bool,
     /// Where records go after `maxRetries`; without one, the partition retries forever
-    /// (backoff capped) and never skips a record.
+    /// (backoff capped) and never skips a record. Created when missing, with the source
+    /// topic's partitions and the broker's default replication factor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), pattern(TOPIC_PATTERN))]
     pub dead_letter_topic: Option<String>,
@@ -677,6 +766,32 @@ pub const MAX_BATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3
 pub const MAX_EVENT_BYTES: u64 = 6 * 1024 * 1024;
 
 impl FunctionSpec {
+    /// The topics this function writes, as they are created when missing: the output topic
+    /// (its `partitions` and `replicationFactor`, else the source's partitions and the broker's
+    /// default replication) and the dead-letter topic (the source's partitions).
+    pub fn written_topics(&self) -> Vec<crate::config::TopicSpec> {
+        let mut topics = Vec::new();
+        if let Some(o) = &self.output {
+            topics.push(crate::config::TopicSpec {
+                topic: o.topic.clone(),
+                partitions: o.partitions,
+                partitions_of: Some(self.source.topic.clone()),
+                replication_factor: o.replication_factor,
+            });
+        }
+        if let Some(t) = &self.on_failure.dead_letter_topic
+            && !topics.iter().any(|x| &x.topic == t)
+        {
+            topics.push(crate::config::TopicSpec {
+                topic: t.clone(),
+                partitions: None,
+                partitions_of: Some(self.source.topic.clone()),
+                replication_factor: None,
+            });
+        }
+        topics
+    }
+
     /// The checks the CRD's schema cannot express (bounds and relations of durations and sizes,
     /// duplicate environment variables), shared by the operator, `sluice validate` and the
     /// runner, so that a Pipeline the operator accepts never makes a runner crash-loop.

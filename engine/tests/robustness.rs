@@ -103,3 +103,48 @@ proptest! {
         }
     }
 }
+
+/// The deepest expression of each shape the parser accepts is analysed, planned and evaluated
+/// on a thread with the stack the binaries give SQL threads, in this (debug) build; one level
+/// more is refused with a position.
+#[test]
+fn the_deepest_accepted_expressions_run_and_deeper_ones_are_refused() {
+    use sluice_sql::{MAX_DEPTH, SQL_STACK_SIZE};
+    type Shape = (&'static str, fn(usize) -> String);
+    let shapes: [Shape; 5] = [
+        ("parentheses", |n| format!("{}A{}", "(".repeat(n), ")".repeat(n))),
+        ("a chain", |n| format!("A{}", " + 1".repeat(n))),
+        ("NOT", |n| format!("{}(A > 1)", "NOT ".repeat(n))),
+        ("calls", |n| format!("{}A{}", "ABS(".repeat(n), ")".repeat(n))),
+        ("CASE", |n| format!("{}A{}", "CASE WHEN A > 0 THEN ".repeat(n), " ELSE 0 END".repeat(n))),
+    ];
+    for (name, shape) in shapes {
+        let out = std::thread::Builder::new()
+            .stack_size(SQL_STACK_SIZE)
+            .spawn(move || {
+                // The largest n the parser accepts for this shape (inside `SELECT K, … AS X`).
+                let script = |n: usize| {
+                    format!(
+                        "CREATE STREAM S (K STRING KEY, A INT) WITH (kafka_topic='s', value_format='JSON');
+                         CREATE STREAM O AS SELECT K, {} AS X FROM S;",
+                        shape(n)
+                    )
+                };
+                let n = (1..MAX_DEPTH).rev().find(|n| sluice_sql::parse_statements(&script(*n)).is_ok()).unwrap_or(0);
+                if n + 8 <= MAX_DEPTH {
+                    return Err(format!("only {n} levels accepted"));
+                }
+                let mut engine = Engine::default();
+                engine.execute_script(&script(n)).map_err(|e| e.to_string())?;
+                let out = engine.process(record("s", Some(b"k".to_vec()), Some(br#"{"A": 3}"#.to_vec()), 1));
+                let refused = Engine::default().execute_script(&script(n + 1)).map(|_| ()).unwrap_err().to_string();
+                Ok::<_, String>((out.len(), refused))
+            })
+            .unwrap()
+            .join()
+            .unwrap_or_else(|_| panic!("{name}: the engine thread died"));
+        let (records, refused) = out.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(records, 1, "{name}");
+        assert!(refused.contains("nested too deeply"), "{name}: {refused}");
+    }
+}

@@ -38,10 +38,26 @@ pub enum FromConsumer {
     Revoked(Vec<i32>, std_mpsc::Sender<Vec<Commit>>),
     /// A record.
     Record(InputRecord),
-    /// The end offset (last stable offset, for `read_committed`) of partitions, for lag.
-    Ends(Vec<(i32, i64)>),
+    /// From librdkafka's statistics, per partition: the end offset (last stable offset, for
+    /// `read_committed`), for lag, and the fetch positions, for passing transaction markers.
+    Ends(Vec<PartitionStats>),
     /// An offset commit of these partitions failed (say, during a rebalance): commit again.
     CommitFailed(Vec<i32>),
+}
+
+/// One partition in librdkafka's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// The partition.
+    pub partition: i32,
+    /// Its end: the last stable offset (`read_committed`), else the high watermark.
+    pub end: i64,
+    /// librdkafka's application position: one past the last record handed to the runner, or
+    /// past the transaction markers and aborted records after it, which are never handed over
+    /// (-1: none yet).
+    pub delivered: i64,
+    /// Records fetched and not handed over yet.
+    pub queued: i64,
 }
 
 /// What the dispatcher asks of the consumer thread.
@@ -77,12 +93,17 @@ pub struct Context {
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else { return };
-        let ends: Vec<(i32, i64)> = topic
+        let ends: Vec<PartitionStats> = topic
             .partitions
             .values()
             .filter(|p| p.partition >= 0 && p.desired)
-            .map(|p| (p.partition, if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset }))
-            .filter(|(_, end)| *end >= 0)
+            .map(|p| PartitionStats {
+                partition: p.partition,
+                end: if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset },
+                delivered: p.app_offset,
+                queued: p.fetchq_cnt,
+            })
+            .filter(|s| s.end >= 0)
             .collect();
         if !ends.is_empty() {
             let _ = self.to_dispatcher.send(FromConsumer::Ends(ends));
@@ -293,6 +314,63 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
     c
 }
 
+/// Create the topics the function writes that do not exist yet (the source must exist: a
+/// topic without its own partition count takes the source's). A topic someone creates at the
+/// same moment is fine; any other refusal is an error naming the field.
+pub async fn create_written_topics(settings: &Settings, producer: &FutureProducer) -> anyhow::Result<()> {
+    use rdkafka::{
+        admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+        client::DefaultClientContext,
+        producer::Producer,
+        types::RDKafkaErrorCode,
+    };
+    if settings.written_topics.is_empty() {
+        return Ok(());
+    }
+    let p = producer.clone();
+    let counts: std::collections::BTreeMap<String, usize> = tokio::task::spawn_blocking(move || {
+        p.client().fetch_metadata(None, Duration::from_secs(30)).map(|md| {
+            md.topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| (t.name().to_owned(), t.partitions().len()))
+                .collect()
+        })
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("reading the topics' metadata: {e}"))?;
+    let wanted: Vec<(String, i32, i32)> = settings
+        .written_topics
+        .iter()
+        .filter(|t| !counts.contains_key(&t.topic))
+        .map(|t| {
+            let from_source = t.partitions_of.as_ref().and_then(|s| counts.get(s)).map(|n| *n as i32);
+            (t.topic.clone(), t.partitions.or(from_source).unwrap_or(1), t.replication_factor.unwrap_or(-1))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(settings).create()?;
+    let topics: Vec<NewTopic<'_>> =
+        wanted.iter().map(|(t, n, r)| NewTopic::new(t, *n, TopicReplication::Fixed(*r))).collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                let field = if settings.output_topic.as_deref() == Some(name.as_str()) {
+                    "function.output.topic"
+                } else {
+                    "function.onFailure.deadLetterTopic"
+                };
+                anyhow::bail!("{field}: creating topic '{name}': {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Wait until each topic exists, saying every 30 s which one is missing: the topics a function
 /// reads and writes may be created by someone else (the processor, an administrator) after the
 /// runner starts. `Err` only when `stop` fires first.
@@ -394,9 +472,10 @@ impl Drop for SetOnDrop {
 pub fn start_consumer(
     settings: &Settings,
     to_dispatcher: mpsc::UnboundedSender<FromConsumer>,
+    joined: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
 ) -> anyhow::Result<ConsumerThread> {
     let closing = Arc::new(AtomicBool::new(false));
-    let joined = Arc::new(AtomicBool::new(false));
     let context = Context {
         topic: settings.topic.clone(),
         to_dispatcher: to_dispatcher.clone(),
@@ -419,7 +498,6 @@ pub fn start_consumer(
     let (commands, inbox) = std_mpsc::channel();
     let topic = settings.topic.clone();
     let polling = consumer.clone();
-    let done = Arc::new(AtomicBool::new(false));
     let flag = SetOnDrop(done.clone());
     let handle = std::thread::Builder::new().name("consumer".into()).spawn(move || {
         let _flag = flag;

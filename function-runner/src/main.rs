@@ -138,6 +138,7 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
                 api.clone(),
                 timed_out_rx,
                 stop_processes.clone(),
+                metrics.process_exits.clone(),
             )))
         }
         _ => None,
@@ -145,22 +146,72 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
 
     let transactional_id = settings.exactly_once.then(|| format!("{}-{}", settings.group, instance()));
     let producer = kafka::producer(&settings, transactional_id.as_deref())?;
+    // Health first: while the runner waits for its source (which may be the processor's sink,
+    // created when the processor starts), the pod is alive but not ready.
+    let joined = Arc::new(AtomicBool::new(false));
+    let consumer_done = Arc::new(AtomicBool::new(false));
+    let done = consumer_done.clone();
+    let health = Arc::new(Health {
+        registry,
+        joined: joined.clone(),
+        runtime,
+        stopping: stopping.clone(),
+        timeout: settings.timeout,
+        consumer_done: Arc::new(move || done.load(Ordering::SeqCst)),
+    });
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("listen: cannot listen on {}", settings.listen))?;
+    let app = server::router(health);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    // Transactions after the health server: a broker that cannot be reached yet (or refuses the
+    // credentials for now) keeps the pod alive and not ready, retrying, instead of a crash loop.
     if settings.exactly_once {
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
-            .await?
-            .context("initialising Kafka transactions")?;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let p = producer.clone();
+            match tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30))).await? {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "initialising Kafka transactions failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => {
+                            stop_processes.cancel();
+                            if let Some(s) = supervisor {
+                                let _ = s.await;
+                            }
+                            return Err(anyhow::Error::new(e).context("initialising Kafka transactions"));
+                        }
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
-    // The source may be the processor's sink, created when the processor starts: wait for it
-    // as for the outputs rather than fail.
-    let mut topics = vec![("function.source.topic", settings.topic.as_str())];
+    // The source first (outputs without a partition count take its count), then the topics the
+    // function writes: created when missing.
+    let waited =
+        match kafka::await_topics(&producer, &[("function.source.topic", settings.topic.as_str())], &stop).await {
+            Ok(()) => kafka::create_written_topics(&settings, &producer).await,
+            Err(e) => Err(e),
+        };
+    let mut topics = vec![];
     if let Some(t) = &settings.output_topic {
         topics.push(("function.output.topic", t.as_str()));
     }
     if let Some(t) = &settings.dead_letter_topic {
         topics.push(("function.onFailure.deadLetterTopic", t.as_str()));
     }
-    if let Err(e) = kafka::await_topics(&producer, &topics, &stop).await {
+    let waited = match waited {
+        Ok(()) => kafka::await_topics(&producer, &topics, &stop).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = waited {
         stop_processes.cancel();
         if let Some(s) = supervisor {
             let _ = s.await;
@@ -175,26 +226,8 @@ async fn serve(settings: Arc<Settings>) -> anyhow::Result<()> {
     let outputs = Arc::new(outputs::OutputCheck::new(producer.clone(), &kafka::client_config(&settings), producer_max));
     let (to_dispatcher, inbox) = tokio::sync::mpsc::unbounded_channel();
     let s = settings.clone();
-    let consumer = tokio::task::spawn_blocking(move || kafka::start_consumer(&s, to_dispatcher)).await??;
-
-    let consumer_done = consumer.done.clone();
-    let health = Arc::new(Health {
-        registry,
-        joined: consumer.joined.clone(),
-        runtime,
-        stopping: stopping.clone(),
-        timeout: settings.timeout,
-        consumer_done: Arc::new(move || consumer_done.load(Ordering::SeqCst)),
-    });
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .with_context(|| format!("listen: cannot listen on {}", settings.listen))?;
-    let app = server::router(health);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    let consumer =
+        tokio::task::spawn_blocking(move || kafka::start_consumer(&s, to_dispatcher, joined, consumer_done)).await??;
 
     tracing::info!(
         function = %settings.function, topic = %settings.topic, group = %settings.group,

@@ -75,6 +75,19 @@ impl OffsetTracker {
         }
     }
 
+    /// Move the position to `offset` when nothing is pending and everything delivered is below
+    /// it: the offsets in between hold no records for us (transaction markers, aborted records),
+    /// so a caught-up consumer of a transactional topic does not show a lag of one per partition
+    /// forever. Returns whether it moved.
+    pub fn skip_to(&mut self, offset: i64) -> bool {
+        if !self.pending.is_empty() || self.next.is_some_and(|n| n >= offset) {
+            return false;
+        }
+        self.next = Some(offset);
+        self.prune();
+        true
+    }
+
     /// Offsets delivered and not finished.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -202,6 +215,19 @@ impl<K: std::hash::Hash + Eq + Clone> KeyScheduler<K> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_idle_position_skips_past_markers_only_when_nothing_is_pending() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(t.deliver(10), Delivery::Process);
+        assert!(!t.skip_to(12), "10 is pending");
+        t.complete(10);
+        assert_eq!(t.commit().map(|c| c.0), Some(11));
+        assert!(t.skip_to(12), "11 is a marker");
+        assert_eq!(t.commit().map(|c| c.0), Some(12));
+        assert!(!t.skip_to(12) && !t.skip_to(5), "never backwards");
+        assert_eq!(t.deliver(12), Delivery::Process, "the next record is processed");
+    }
 
     #[test]
     fn commits_at_the_lowest_unfinished_offset_with_finished_ones_in_metadata() {

@@ -89,6 +89,10 @@ pub struct Metrics {
     pub lag: Family<PartitionLabel, Gauge>,
     /// Transactions committed (exactly-once).
     pub transactions: Counter,
+    /// Invocations running now (the function's concurrency in use).
+    pub in_flight: Gauge,
+    /// Exits of the function processes the runner started (local runs), each restarted.
+    pub process_exits: Counter,
 }
 
 impl Metrics {
@@ -106,6 +110,8 @@ impl Metrics {
             processing_errors: Counter::default(),
             lag: Family::default(),
             transactions: Counter::default(),
+            in_flight: Gauge::default(),
+            process_exits: Counter::default(),
         };
         let labels = [
             (std::borrow::Cow::Borrowed("pipeline"), std::borrow::Cow::Owned(pipeline.to_owned())),
@@ -124,6 +130,12 @@ impl Metrics {
         );
         r.register("consumer_lag_records", "Records behind the end of each assigned partition", m.lag.clone());
         r.register("transactions", "Kafka transactions committed (exactly-once)", m.transactions.clone());
+        r.register("invocations_in_flight", "Invocations running now", m.in_flight.clone());
+        r.register(
+            "function_process_exits",
+            "Exits of the function processes the runner started (each restarted)",
+            m.process_exits.clone(),
+        );
         (Arc::new(m), r)
     }
 }
@@ -347,13 +359,44 @@ impl Dispatcher {
                 }
             }
             FromConsumer::Ends(ends) => {
-                for (p, end) in ends {
+                let mut skipped = Vec::new();
+                for stats in ends {
+                    let (p, end) = (stats.partition, stats.end);
                     if let Some(part) = self.parts.get_mut(&p) {
                         part.end = Some(end);
+                        // Caught up on a transactional source: librdkafka's application
+                        // position has moved past the last transaction's marker (and aborted
+                        // records), which no record hands over. Every record below it reached
+                        // the dispatcher before these statistics (same thread, same order):
+                        // with nothing queued, buffered or running and all of them finished and
+                        // committed, the offsets up to it hold nothing to process.
+                        let committed = part.last_commit.as_ref().map(|c| c.0);
+                        let idle = stats.queued == 0
+                            && part.buffered == 0
+                            && part.in_flight == 0
+                            && part.queue.is_empty()
+                            && part.retries.is_empty()
+                            && part.held.is_empty()
+                            && !part.revoking
+                            && !self.tx_in_flight
+                            && !self.pending.finished.iter().any(|(q, _, _)| *q == p);
+                        if idle
+                            && part.tracker.pending() == 0
+                            && committed.is_some_and(|c| c < stats.delivered)
+                            && stats.delivered <= end
+                            && part.tracker.skip_to(stats.delivered)
+                            && let Some(c) = part.tracker.commit()
+                        {
+                            skipped.push((p, c.0, c.1.clone()));
+                            part.last_commit = Some(c);
+                        }
                         let position = part.tracker.commit().map(|(o, _)| o).or(part.last_commit.as_ref().map(|c| c.0));
                         let lag = position.map_or(0, |pos| (end - pos).max(0));
                         self.env.metrics.lag.get_or_create(&PartitionLabel { partition: p.to_string() }).set(lag);
                     }
+                }
+                if !skipped.is_empty() {
+                    let _ = self.consumer.commands.send(ToConsumer::Commit(skipped));
                 }
             }
         }
@@ -981,7 +1024,9 @@ impl InvokeTask {
         let Some(_permit) = permit else { return Finished::Cancelled };
         let event = Bytes::from(encode_event(&self.settings.bootstrap_servers, &attempt.records));
         let started = Instant::now();
+        self.metrics.in_flight.inc();
         let result = self.invoker.invoke(event, self.settings.timeout).await;
+        self.metrics.in_flight.dec();
         self.metrics.invocation_seconds.observe(started.elapsed().as_secs_f64());
         let parsed = result.and_then(|body| {
             parse_response(&body, self.settings.output_topic.as_deref()).map_err(InvokeError::Response)

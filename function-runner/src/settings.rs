@@ -66,6 +66,8 @@ pub struct Settings {
     pub dead_letter_topic: Option<String>,
     /// Topic for returned records that name none.
     pub output_topic: Option<String>,
+    /// The topics the function writes (output, dead letters), as they are created when missing.
+    pub written_topics: Vec<sluice_crds::config::TopicSpec>,
     /// Outputs and offsets in one transaction.
     pub exactly_once: bool,
     /// `ordering: key`.
@@ -168,6 +170,7 @@ impl Settings {
             policy,
             dead_letter_topic: f.on_failure.dead_letter_topic.clone(),
             output_topic: f.output.as_ref().map(|o| o.topic.clone()),
+            written_topics: f.written_topics(),
             exactly_once: f.delivery == Delivery::ExactlyOnce,
             key_ordering: f.ordering == Ordering::Key,
             timeout,

@@ -31,6 +31,7 @@ pub async fn supervise(
     api: std::sync::Arc<RuntimeApi>,
     mut restart: watch::Receiver<u64>,
     stop: CancellationToken,
+    exits: prometheus_client::metrics::counter::Counter,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -38,7 +39,8 @@ pub async fn supervise(
         for copy in 0..copies {
             let (process, env, stop, generation) = (process.clone(), env.clone(), stop.clone(), generation.clone());
             let api = (copies == 1).then(|| api.clone());
-            tasks.spawn(async move { keep_running(process, env, copy, api, stop, generation).await });
+            let exits = exits.clone();
+            tasks.spawn(async move { keep_running(process, env, copy, api, stop, generation, exits).await });
         }
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -64,6 +66,7 @@ async fn keep_running(
     sole: Option<std::sync::Arc<RuntimeApi>>,
     stop: CancellationToken,
     generation: CancellationToken,
+    exits: prometheus_client::metrics::counter::Counter,
 ) {
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -77,6 +80,9 @@ async fn keep_running(
             .env_remove(sluice_crds::config::SASL_USERNAME_ENV)
             .env_remove(sluice_crds::config::SASL_PASSWORD_ENV)
             .stdin(Stdio::null())
+            // Its errors pass through (to the runner's own stderr), and the last lines are kept
+            // to say why it died.
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(c) => c,
@@ -90,11 +96,18 @@ async fn keep_running(
             }
         };
         tracing::info!(copy, pid = child.id().unwrap_or(0), command = %process.argv.join(" "), "function process started");
+        let tail = child.stderr.take().map(|e| tokio::spawn(pass_through(e)));
         tokio::select! {
             status = child.wait() => {
+                exits.inc();
+                let last = match tail {
+                    Some(t) => t.await.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let last_output = last.join("\n");
                 match status {
-                    Ok(s) => tracing::warn!(copy, status = %s, "the function process exited; restarting it"),
-                    Err(e) => tracing::warn!(copy, error = %e, "lost the function process; restarting it"),
+                    Ok(s) => tracing::warn!(copy, status = %s, last_output, "the function process exited; restarting it"),
+                    Err(e) => tracing::warn!(copy, error = %e, last_output, "lost the function process; restarting it"),
                 }
                 if let Some(api) = &sole {
                     api.fail_in_flight("the function process exited");
@@ -111,6 +124,25 @@ async fn keep_running(
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// How many of a function process's last stderr lines are kept to say why it died.
+const LAST_LINES: usize = 20;
+
+/// Copy a function process's stderr to ours line by line until it closes; returns its last
+/// [`LAST_LINES`] lines.
+async fn pass_through(stderr: tokio::process::ChildStderr) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut last = std::collections::VecDeque::with_capacity(LAST_LINES);
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("{line}");
+        if last.len() == LAST_LINES {
+            last.pop_front();
+        }
+        last.push_back(line);
+    }
+    last.into()
 }
 
 /// Sleep `wait`; `true` when told to stop meanwhile.

@@ -394,3 +394,66 @@ async fn latest_starts_at_the_end_and_commits_it_at_once() -> anyhow::Result<()>
     drop(runner);
     Ok(())
 }
+
+#[test]
+fn a_kafka_property_that_runs_a_command_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(sluice_tests::unique("runner-kinit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "pipeline": "p",
+        "kafka": {"bootstrapServers": "127.0.0.1:1",
+                  "properties": {"plugin.library.paths": "/tmp/evil.so"}},
+        "function": {"name": "f", "source": {"topic": "t"}, "runtime": {"http": {"url": "http://127.0.0.1:1/"}}},
+    });
+    let path = dir.join("runner.yaml");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-function-runner"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("\"plugin.library.paths\" may not be set in a Pipeline"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A source written in transactions (as the processor writes its sinks): every transaction ends
+/// in a marker no consumer receives. A caught-up runner commits past it, so the group's lag —
+/// what the autoscaler reads — falls to zero and the function can scale to zero. (Before, each
+/// partition stayed one behind for good.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transactional_source_is_committed_up_to_its_end() -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let Some(bootstrap) = sluice_tests::kafka_bootstrap() else { return Ok(()) };
+    let run = unique("txsrc");
+    let (input, output) = (format!("{run}-in"), format!("{run}-out"));
+    create_topics(&bootstrap, &[(&input, 3), (&output, 3)]).await?;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", format!("{run}-producer"))
+        .create()?;
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30))).await??;
+    for batch in 0..3 {
+        producer.begin_transaction()?;
+        for i in 0..30 {
+            let key = format!("k{}", batch * 30 + i);
+            producer
+                .send(FutureRecord::to(&input).key(&key).payload("{}"), Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)?;
+        }
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(30))).await??;
+    }
+    let port = serve_function(Arc::new(|event: &Value| (200, echo(event).to_string()))).await?;
+    let (config, listen) = runner_config(&bootstrap, &run, http_function("echo", &input, &output, port, json!({})));
+    let runner = tokio::task::spawn_blocking(move || Runner::start(&config, listen)).await?;
+    let outputs = read(&bootstrap, &output, 90).await?;
+    assert_eq!(outputs.len(), 90);
+    wait_lag_zero(&bootstrap, &format!("default.{run}.echo"), &input).await?;
+    let status = tokio::task::spawn_blocking(move || runner.service.terminate()).await?;
+    assert!(status.success(), "SIGTERM: {status}");
+    Ok(())
+}

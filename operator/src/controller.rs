@@ -58,8 +58,8 @@ pub struct Context {
     pub client: Client,
     /// Events.
     pub recorder: Recorder,
-    /// The data-plane image when a Pipeline names none.
-    pub image: String,
+    /// The operator's settings: the data-plane image, the administrator's Kafka properties.
+    pub settings: crate::render::Settings,
     /// Reconciles by result, for `/metrics`.
     pub metrics: Arc<crate::server::Metrics>,
     /// What the autoscaler loop saw, for status.
@@ -70,7 +70,7 @@ pub struct Context {
 pub async fn run(
     client: Client,
     namespace: Option<String>,
-    image: String,
+    settings: crate::render::Settings,
     metrics: Arc<crate::server::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -93,7 +93,7 @@ pub async fn run(
     let context = Arc::new(Context {
         recorder: recorder.clone(),
         client: client.clone(),
-        image,
+        settings: settings.clone(),
         metrics: metrics.clone(),
         scalers: scalers.clone(),
     });
@@ -120,7 +120,8 @@ pub async fn run(
         },
     );
     // The autoscaler reads the Pipelines from the controller's cache.
-    let scaling = tokio::spawn(crate::scaler::run(client.clone(), controller.store(), scalers, recorder, metrics));
+    let scaling =
+        tokio::spawn(crate::scaler::run(client.clone(), controller.store(), scalers, recorder, metrics, settings));
     controller
         .owns(children::<ConfigMap>(&client, &namespace), owned.clone())
         .owns(children::<StatefulSet>(&client, &namespace), owned.clone())
@@ -237,7 +238,7 @@ async fn reconcile_children(pipeline: &Arc<Pipeline>, ctx: &Arc<Context>) -> Res
     let client = &ctx.client;
     let pipelines: Api<Pipeline> = Api::namespaced(client.clone(), &ns);
     let mut observed = Observed { generation: pipeline.metadata.generation, ..Observed::default() };
-    let plan = match render::plan(pipeline, &ctx.image) {
+    let plan = match render::plan(pipeline, &ctx.settings) {
         Ok(plan) => plan,
         Err(e) => {
             observed.invalid = Some((e.sql, e.to_string()));
@@ -266,7 +267,31 @@ async fn reconcile_children(pipeline: &Arc<Pipeline>, ctx: &Arc<Context>) -> Res
     plan.secrets_digest = secrets_digest(client, &ns, &plan.secret_names()).await?;
     let children = render::render(&plan);
     observed.queries = plan.queries.clone();
-    let mut requeue = Duration::from_secs(60);
+    // Functions' lag and replicas change without any object changing: look again every 10 s so
+    // that `kubectl get pl` stays current (status is written only when it changed).
+    let mut requeue = if plan.functions.is_empty() { Duration::from_secs(60) } else { Duration::from_secs(10) };
+    if !plan.external_topics.is_empty() {
+        match crate::scaler::missing_topics(
+            client,
+            &ns,
+            &plan.kafka,
+            &ctx.settings.kafka_properties,
+            &plan.external_topics,
+        )
+        .await
+        {
+            Ok(missing) => observed.missing_topics = missing,
+            Err(e) => {
+                tracing::warn!(pipeline = %name, error = %e, "checking the source topics");
+                observed.kafka_error = Some(format!("{e:#}"));
+                requeue = requeue.min(Duration::from_secs(10));
+            }
+        }
+        if !observed.missing_topics.is_empty() {
+            // The data plane waits for them; look again soon, so Ready follows their creation.
+            requeue = Duration::from_secs(5);
+        }
+    }
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let rescale = match (&children.processor, plan.processor.as_ref()) {
@@ -455,8 +480,15 @@ async fn prune(client: &Client, ns: &str, pipeline: &str, children: &Children) -
 
 async fn write_status(api: &Api<Pipeline>, pipeline: &Pipeline, observed: &Observed) -> Result<(), Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let next = status::status(pipeline.status.as_ref(), observed, now);
-    if pipeline.status.as_ref() == Some(&next) {
+    // The status as stored now, not as the cache had it when this reconcile began: a reconcile
+    // queued while the previous one wrote status would otherwise see none, and reset every
+    // condition's transition time.
+    let current = match api.get_status(&pipeline.name_any()).await {
+        Ok(p) => p.status,
+        Err(_) => pipeline.status.clone(),
+    };
+    let next = status::status(current.as_ref(), observed, now);
+    if current.as_ref() == Some(&next) {
         return Ok(()); // unchanged: no write
     }
     let patch = serde_json::json!({

@@ -36,6 +36,14 @@ enum Command {
         /// The data-plane image for Pipelines that name none.
         #[arg(long, env = "SLUICE_IMAGE", default_value = concat!("ghcr.io/sluice-dev/sluice:", env!("CARGO_PKG_VERSION")))]
         image: String,
+        /// A librdkafka property for every data-plane client and the operator's own lag reader,
+        /// as `KEY=VALUE` (repeat the flag). The cluster administrator's: it may set the keys a
+        /// Pipeline may not (Kerberos, an OpenSSL engine, files), and it wins over a Pipeline's.
+        #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value)]
+        kafka_properties: Vec<(String, String)>,
+        /// `imagePullPolicy` of the data-plane containers (default: Kubernetes' for the tag).
+        #[arg(long, env = "SLUICE_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+        image_pull_policy: Option<String>,
     },
     /// Print the Pipeline CRD as YAML (the source of crds/pipelines.sluice.dev.yaml).
     Crd,
@@ -49,8 +57,13 @@ fn main() -> ExitCode {
             print!("{}", sluice_crds::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Run { namespace, listen, image, leader_election_namespace } => {
-            match run(namespace, &listen, image, leader_election_namespace) {
+        Command::Run { namespace, listen, image, leader_election_namespace, kafka_properties, image_pull_policy } => {
+            let settings = sluice_operator::render::Settings {
+                image,
+                kafka_properties: kafka_properties.into_iter().collect(),
+                image_pull_policy,
+            };
+            match run(namespace, &listen, settings, leader_election_namespace) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -62,8 +75,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(namespaces: Vec<String>, listen: &str, image: String, lease_namespace: Option<String>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn run(
+    namespaces: Vec<String>,
+    listen: &str,
+    settings: sluice_operator::render::Settings,
+    lease_namespace: Option<String>,
+) -> anyhow::Result<()> {
+    // Reconciles parse and plan each Pipeline's SQL: room for the deepest tree the parser accepts.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(sluice_sql::SQL_STACK_SIZE)
+        .build()?;
     rt.block_on(async move {
         let client = kube::Client::try_default()
             .await
@@ -97,7 +126,7 @@ fn run(namespaces: Vec<String>, listen: &str, image: String, lease_namespace: Op
                 tracing::error!(error = %e, "the HTTP server stopped");
             }
         });
-        tracing::info!(?namespaces, %image, "operator starting");
+        tracing::info!(?namespaces, image = %settings.image, "operator starting");
         metrics.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         let stop = tokio_util::sync::CancellationToken::new();
         let stopper = stop.clone();
@@ -142,7 +171,7 @@ fn run(namespaces: Vec<String>, listen: &str, image: String, lease_namespace: Op
                 if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
             let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
             let controllers = scopes.into_iter().map(|scope| {
-                sluice_operator::controller::run(client.clone(), scope, image.clone(), metrics.clone(), shutdown.clone())
+                sluice_operator::controller::run(client.clone(), scope, settings.clone(), metrics.clone(), shutdown.clone())
             });
             futures::future::join_all(controllers).await;
             metrics.set_leader(false);

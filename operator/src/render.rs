@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use sluice_crds::{
     Pipeline,
     config::{KafkaConfig, ProcessorConfig, RUNTIME_API_IN_POD, RunnerConfig, lambda_env},
-    pipeline::{FunctionSpec, KafkaSpec, ProcessorSpec},
+    pipeline::{FunctionSpec, KafkaSpec, PodSettings, ProcessorSpec},
 };
 
 /// Where the config files are mounted in every data-plane container.
@@ -74,10 +74,17 @@ pub struct Plan {
     pub image: String,
     /// Kafka settings as the pipeline gives them.
     pub kafka: KafkaSpec,
+    /// The administrator's librdkafka properties ([`Settings::kafka_properties`]).
+    pub kafka_properties: BTreeMap<String, String>,
+    /// The data-plane containers' `imagePullPolicy` ([`Settings::image_pull_policy`]).
+    pub image_pull_policy: Option<String>,
     /// The processor, if the Pipeline has SQL.
     pub processor: Option<ProcessorSpec>,
     /// Persistent queries the SQL defines (id and sink), for status.
     pub queries: Vec<(String, String)>,
+    /// Topics the Pipeline reads that nothing in it writes (the SQL's sources, the functions'
+    /// sources): the data plane waits for them, and status names those that are missing.
+    pub external_topics: Vec<String>,
     /// The functions.
     pub functions: Vec<FunctionSpec>,
     /// A digest of the Secrets the pods read (set by the controller): part of the pod templates'
@@ -96,15 +103,40 @@ impl Plan {
     }
 }
 
-/// Check a Pipeline and resolve it. `default_image` is used when `spec.image` is unset (the
-/// operator's own version of the data-plane image).
-pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError> {
+/// What the operator's own settings (its flags, the chart's values) add to every Pipeline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    /// The data-plane image for Pipelines that name none (the operator's own version).
+    pub image: String,
+    /// librdkafka properties the cluster administrator sets for every data-plane client,
+    /// including keys a Pipeline may not set (see [`sluice_crds::kafka_properties`]).
+    pub kafka_properties: BTreeMap<String, String>,
+    /// `imagePullPolicy` of the data-plane containers (the chart's `image.pullPolicy`); unset:
+    /// Kubernetes' default for the tag.
+    pub image_pull_policy: Option<String>,
+}
+
+impl Settings {
+    /// Settings with this default image and nothing else.
+    pub fn new(image: impl Into<String>) -> Self {
+        Settings { image: image.into(), ..Settings::default() }
+    }
+}
+
+/// Check a Pipeline and resolve it with the operator's settings.
+pub fn plan(pipeline: &Pipeline, settings: &Settings) -> Result<Plan, PlanError> {
     let meta = &pipeline.metadata;
     let name = meta.name.clone().ok_or_else(|| err("metadata.name", "missing"))?;
     let namespace = meta.namespace.clone().ok_or_else(|| err("metadata.namespace", "missing"))?;
     let owner =
         pipeline.controller_owner_ref(&()).ok_or_else(|| err("metadata.uid", "missing (not read from the cluster)"))?;
     let spec = &pipeline.spec;
+    // The CRD refuses these already; a Pipeline stored under an older CRD is refused here.
+    for key in spec.kafka.properties.keys() {
+        if let Some(message) = sluice_crds::kafka_properties::refusal_message(key) {
+            return Err(err("spec.kafka.properties", message));
+        }
+    }
     let mut seen = Vec::new();
     for (i, f) in spec.functions.iter().enumerate() {
         if seen.contains(&f.name) {
@@ -114,6 +146,7 @@ pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError>
         f.check().map_err(|p| err(&format!("spec.functions[{i}].{}", p.path), p.message))?;
     }
     let mut queries = Vec::new();
+    let (mut read, mut written): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     if let Some(p) = &spec.processor {
         let mut engine = sluice_engine::Engine::default();
         engine.execute_script(&p.sql).map_err(|e| PlanError {
@@ -136,7 +169,15 @@ pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError>
             let sink = engine.catalog.get(&q.sink).map_or_else(|| q.sink.clone(), |s| s.topic.clone());
             queries.push((q.id.clone(), sink));
         }
+        (read, written) = engine.topics();
     }
+    for f in &spec.functions {
+        read.push(f.source.topic.clone());
+        written.extend(f.written_topics().into_iter().map(|t| t.topic));
+    }
+    let mut external_topics: Vec<String> = read.into_iter().filter(|t| !written.contains(t)).collect();
+    external_topics.sort();
+    external_topics.dedup();
     if spec.processor.is_none() && spec.functions.is_empty() {
         return Err(err("spec", "a Pipeline needs a processor, functions, or both"));
     }
@@ -144,10 +185,13 @@ pub fn plan(pipeline: &Pipeline, default_image: &str) -> Result<Plan, PlanError>
         namespace,
         name,
         owner,
-        image: spec.image.clone().unwrap_or_else(|| default_image.to_owned()),
+        image: spec.image.clone().unwrap_or_else(|| settings.image.clone()),
         kafka: spec.kafka.clone(),
+        kafka_properties: settings.kafka_properties.clone(),
+        image_pull_policy: settings.image_pull_policy.clone(),
         processor: spec.processor.clone(),
         queries,
+        external_topics,
         functions: spec.functions.clone(),
         secrets_digest: String::new(),
     })
@@ -259,7 +303,10 @@ impl Plan {
 
     fn kafka_config(&self) -> KafkaConfig {
         let ca = self.kafka.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()).map(|r| format!("{CA_DIR}/{}", r.key));
-        KafkaConfig::from_spec(&self.kafka, ca.as_deref())
+        KafkaConfig {
+            trusted_properties: self.kafka_properties.clone(),
+            ..KafkaConfig::from_spec(&self.kafka, ca.as_deref())
+        }
     }
 
     /// The processor's config file.
@@ -282,6 +329,7 @@ impl Plan {
             listen: format!("0.0.0.0:{PROCESSOR_PORT}"),
             peers,
             topic_creation: Default::default(),
+            function_topics: self.functions.iter().flat_map(FunctionSpec::written_topics).collect(),
         })
     }
 
@@ -466,20 +514,33 @@ fn pod_template(
     containers: Vec<Container>,
     volumes: Vec<Volume>,
     grace_seconds: i64,
+    pod: Option<&PodSettings>,
 ) -> PodTemplateSpec {
+    let pod = pod.cloned().unwrap_or_default();
+    // The user's labels and annotations, then ours (the CRD refuses the keys we set).
+    let mut all_labels = pod.labels;
+    all_labels.extend(labels.clone());
+    let mut annotations = pod.annotations;
+    annotations.insert(CONFIG_HASH.to_string(), template_hash(plan, config));
+    let some_map = |m: BTreeMap<String, String>| (!m.is_empty()).then_some(m);
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), template_hash(plan, config))])),
+            labels: Some(all_labels),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            service_account_name: Some(names::service_account(&plan.name)),
+            service_account_name: Some(pod.service_account_name.unwrap_or_else(|| names::service_account(&plan.name))),
             automount_service_account_token: Some(false),
             security_context: Some(pod_security()),
             termination_grace_period_seconds: Some(grace_seconds),
             containers,
             volumes: Some(volumes),
+            image_pull_secrets: (!pod.image_pull_secrets.is_empty()).then_some(pod.image_pull_secrets),
+            node_selector: some_map(pod.node_selector),
+            tolerations: (!pod.tolerations.is_empty()).then_some(pod.tolerations),
+            affinity: pod.affinity,
+            priority_class_name: pod.priority_class_name,
             ..PodSpec::default()
         }),
     }
@@ -496,6 +557,7 @@ fn render_processor(plan: &Plan, p: &ProcessorSpec, config: &str) -> ProcessorCh
     let container = Container {
         name: "processor".into(),
         image: Some(plan.image.clone()),
+        image_pull_policy: plan.image_pull_policy.clone(),
         command: Some(vec!["sluice-processor".into()]),
         args: Some(vec!["run".into(), "--config".into(), format!("{CONFIG_DIR}/{}", names::PROCESSOR_FILE)]),
         env: Some(env),
@@ -523,7 +585,7 @@ fn render_processor(plan: &Plan, p: &ProcessorSpec, config: &str) -> ProcessorCh
         ..PersistentVolumeClaim::default()
     };
     // A clean stop commits the open transaction and checkpoints the state.
-    let template = pod_template(plan, &labels, config, vec![container], volumes, 60);
+    let template = pod_template(plan, &labels, config, vec![container], volumes, 60, p.pod.as_ref());
 
     let stateful_set = StatefulSet {
         metadata: plan.meta(name.clone(), labels.clone()),
@@ -598,6 +660,8 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
     let runner = Container {
         name: "runner".into(),
         image: Some(plan.image.clone()),
+        image_pull_policy: plan.image_pull_policy.clone(),
+        resources: f.runner_resources.clone(),
         command: Some(vec!["sluice-function-runner".into()]),
         args: Some(vec!["run".into(), "--config".into(), format!("{CONFIG_DIR}/{}", names::runner_file(&f.name))]),
         env: Some(env),
@@ -619,6 +683,9 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
         let handler = l.args.last().cloned().unwrap_or_default();
         let mut env: Vec<EnvVar> = lambda_env(&f.name, RUNTIME_API_IN_POD, timeout, memory_mb, &handler)
             .into_iter()
+            // Without args the image's own command names the handler (AWS's base images take it
+            // as CMD): an empty _HANDLER would only hide that.
+            .filter(|(k, v)| !(k == "_HANDLER" && v.is_empty()))
             .map(|(k, v)| env_value(&k, v))
             .collect();
         // The user's variables may override ours (a custom _HANDLER, say): one entry per name,
@@ -637,6 +704,7 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
         containers.push(Container {
             name: "function".into(),
             image: l.image.clone(),
+            image_pull_policy: l.image_pull_policy.clone(),
             command: (!l.command.is_empty()).then(|| l.command.clone()),
             args: (!l.args.is_empty()).then(|| l.args.clone()),
             env: Some(env),
@@ -658,7 +726,7 @@ fn render_function(plan: &Plan, f: &FunctionSpec, config: &str) -> FunctionChild
     }
     let grace = i64::try_from(timeout.as_secs()).unwrap_or(900).saturating_add(30);
     // SIGTERM lets in-flight invocations finish (bounded by the invocation timeout).
-    let template = pod_template(plan, &labels, config, containers, volumes, grace);
+    let template = pod_template(plan, &labels, config, containers, volumes, grace, f.pod.as_ref());
 
     let deployment = Deployment {
         metadata: plan.meta(name.clone(), labels.clone()),
@@ -706,7 +774,7 @@ mod tests {
 
     #[test]
     fn the_example_renders_its_children() {
-        let plan = plan(&example(), "ghcr.io/sluice-dev/sluice:test").unwrap();
+        let plan = plan(&example(), &Settings::new("ghcr.io/sluice-dev/sluice:test")).unwrap();
         let children = render(&plan);
         insta::assert_yaml_snapshot!("example_config_map", children.config_map);
         let p = children.processor.as_ref().expect("the example has SQL");
@@ -723,7 +791,7 @@ mod tests {
 
     #[test]
     fn every_child_is_owned_by_the_pipeline() {
-        let plan = plan(&example(), "img").unwrap();
+        let plan = plan(&example(), &Settings::new("img")).unwrap();
         let c = render(&plan);
         let p = c.processor.as_ref().unwrap();
         let metas = [
@@ -747,12 +815,12 @@ mod tests {
 
     #[test]
     fn a_sql_change_changes_the_processor_hash_only() {
-        let base = render(&plan(&example(), "img").unwrap());
+        let base = render(&plan(&example(), &Settings::new("img")).unwrap());
         let mut changed = example();
         if let Some(p) = changed.spec.processor.as_mut() {
             p.sql.push_str("\n-- a comment\n");
         }
-        let after = render(&plan(&changed, "img").unwrap());
+        let after = render(&plan(&changed, &Settings::new("img")).unwrap());
         let hash = |s: &StatefulSet| {
             s.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH].clone()
         };
@@ -769,7 +837,7 @@ mod tests {
         if let Some(proc) = p.spec.processor.as_mut() {
             proc.sql = "CREATE STREAM S (A INT) WITH (kafka_topic='s', value_format='json');\nSELECT FROM;".into();
         }
-        let e = plan(&p, "img").unwrap_err();
+        let e = plan(&p, &Settings::new("img")).unwrap_err();
         assert!(e.sql);
         assert_eq!(e.path, "spec.processor.sql");
         assert!(e.message.contains("line 2"), "{e}");
@@ -784,11 +852,11 @@ mod tests {
             );
             proc.replicas = 1;
         }
-        plan(&p, "img").expect("one replica is fine");
+        plan(&p, &Settings::new("img")).expect("one replica is fine");
         if let Some(proc) = p.spec.processor.as_mut() {
             proc.replicas = 3;
         }
-        let e = plan(&p, "img").unwrap_err();
+        let e = plan(&p, &Settings::new("img")).unwrap_err();
         assert_eq!(e.path, "spec.processor.replicas");
         assert!(e.message.contains("needs replicas: 1"), "{e}");
     }
@@ -801,7 +869,7 @@ mod tests {
             EnvVar { name: "_HANDLER".into(), value: Some("app.custom".into()), ..EnvVar::default() },
             EnvVar { name: "EXTRA".into(), value: Some("1".into()), ..EnvVar::default() },
         ];
-        let c = render(&plan(&p, "img").unwrap());
+        let c = render(&plan(&p, &Settings::new("img")).unwrap());
         let pod = c.functions[0].deployment.spec.template.spec.clone().unwrap();
         let env = pod.containers.iter().find(|c| c.name == "function").unwrap().env.clone().unwrap();
         let handlers: Vec<&EnvVar> = env.iter().filter(|e| e.name == "_HANDLER").collect();
@@ -811,13 +879,13 @@ mod tests {
         // Duplicates of the user's own are refused with the field.
         let l = p.spec.functions[0].runtime.lambda.as_mut().unwrap();
         l.env.push(EnvVar { name: "EXTRA".into(), value: Some("2".into()), ..EnvVar::default() });
-        let e = plan(&p, "img").unwrap_err();
+        let e = plan(&p, &Settings::new("img")).unwrap_err();
         assert_eq!(e.path, "spec.functions[0].runtime.lambda.env[2].name");
     }
 
     #[test]
     fn changed_secrets_roll_the_pods() {
-        let mut plan = plan(&example(), "img").unwrap();
+        let mut plan = plan(&example(), &Settings::new("img")).unwrap();
         let before = render(&plan);
         plan.secrets_digest = "kafka-user:1234".into();
         let after = render(&plan);
@@ -834,7 +902,7 @@ mod tests {
             mechanism: sluice_crds::pipeline::SaslMechanism::ScramSha512,
             secret_ref: sluice_crds::pipeline::SecretRef { name: "kafka-user".into() },
         });
-        let c = render(&plan(&p, "img").unwrap());
+        let c = render(&plan(&p, &Settings::new("img")).unwrap());
         let text = serde_json::to_string(&c.config_map).unwrap();
         assert!(text.contains("SLUICE_KAFKA_SASL_USERNAME") && !text.contains("kafka-user"), "{text}");
         let runner = &c.functions[0].deployment.spec.template.spec.as_ref().unwrap().containers[0];
@@ -842,5 +910,107 @@ mod tests {
         let user = env.iter().find(|e| e.name == "SLUICE_KAFKA_SASL_USERNAME").unwrap();
         let secret = user.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
         assert_eq!((secret.name.as_str(), secret.key.as_str()), ("kafka-user", "username"));
+    }
+
+    #[test]
+    fn nested_sql_is_a_sql_error_not_a_crash() {
+        // On a reconciler's stack (the operator's tokio workers get sluice_sql::SQL_STACK_SIZE).
+        let e = std::thread::Builder::new()
+            .stack_size(sluice_sql::SQL_STACK_SIZE)
+            .spawn(|| {
+                let mut p = example();
+                if let Some(proc) = p.spec.processor.as_mut() {
+                    proc.sql.push_str(&format!(
+                        "\nCREATE STREAM DEEP AS SELECT * FROM STOCKTRADE WHERE quantity = {}1{};\n",
+                        "(".repeat(5000),
+                        ")".repeat(5000)
+                    ));
+                }
+                plan(&p, &Settings::new("img")).unwrap_err()
+            })
+            .unwrap()
+            .join()
+            .expect("the planner thread died");
+        assert!(e.sql && e.path == "spec.processor.sql", "{e}");
+        assert!(e.message.contains("nested too deeply"), "{e}");
+    }
+
+    #[test]
+    fn command_running_kafka_properties_are_refused_and_the_administrators_reach_the_pods() {
+        let mut p = example();
+        p.spec.kafka.properties.insert("sasl.kerberos.kinit.cmd".into(), "sh -c 'id > /tmp/pwned'".into());
+        let e = plan(&p, &Settings::new("img")).unwrap_err();
+        assert_eq!(e.path, "spec.kafka.properties");
+        assert!(e.message.starts_with("\"sasl.kerberos.kinit.cmd\" may not be set"), "{e}");
+
+        let settings = Settings {
+            kafka_properties: BTreeMap::from([("sasl.kerberos.service.name".into(), "kafka".into())]),
+            ..Settings::new("img")
+        };
+        let c = render(&plan(&example(), &settings).unwrap());
+        let files = c.config_map.data.unwrap();
+        let runner: sluice_crds::config::RunnerConfig =
+            sluice_crds::config::parse(&files[&names::runner_file("settle")]).unwrap();
+        assert_eq!(runner.kafka.trusted_properties["sasl.kerberos.service.name"], "kafka");
+        let processor: sluice_crds::config::ProcessorConfig =
+            sluice_crds::config::parse(&files[names::PROCESSOR_FILE]).unwrap();
+        assert!(processor.kafka.properties.is_empty());
+        assert_eq!(processor.kafka.trusted_properties.len(), 1);
+    }
+
+    #[test]
+    fn pod_settings_reach_the_pods_and_ours_stay() {
+        let yaml = r#"
+labels: {team: payments}
+annotations: {prometheus.io/scrape: "true"}
+serviceAccountName: settle-irsa
+imagePullSecrets: [{name: regcred}]
+nodeSelector: {pool: streaming}
+tolerations: [{key: dedicated, operator: Equal, value: streaming, effect: NoSchedule}]
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {team: payments}}}
+priorityClassName: high
+"#;
+        let pod: PodSettings = serde_norway::from_str(yaml).unwrap();
+        let mut p = example();
+        p.spec.functions[0].pod = Some(pod.clone());
+        p.spec.functions[0].runner_resources = serde_norway::from_str("{limits: {memory: 128Mi}}").unwrap();
+        p.spec.processor.as_mut().unwrap().pod = Some(pod);
+        let settings = Settings { image_pull_policy: Some("Never".into()), ..Settings::new("img") };
+        let c = render(&plan(&p, &settings).unwrap());
+        let templates =
+            [c.processor.unwrap().stateful_set.spec.template, c.functions[0].deployment.spec.template.clone()];
+        for t in templates {
+            let meta = t.metadata.unwrap();
+            let labels = meta.labels.unwrap();
+            assert_eq!(labels["team"], "payments");
+            assert_eq!(labels["app.kubernetes.io/name"], "sluice", "ours are kept");
+            let annotations = meta.annotations.unwrap();
+            assert!(annotations.contains_key(CONFIG_HASH) && annotations.contains_key("prometheus.io/scrape"));
+            let spec = t.spec.unwrap();
+            assert_eq!(spec.service_account_name.as_deref(), Some("settle-irsa"));
+            assert_eq!(spec.automount_service_account_token, Some(false));
+            assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "regcred");
+            assert_eq!(spec.node_selector.unwrap()["pool"], "streaming");
+            assert_eq!(spec.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+            assert!(spec.affinity.unwrap().pod_anti_affinity.is_some());
+            assert_eq!(spec.priority_class_name.as_deref(), Some("high"));
+            assert_eq!(spec.security_context.unwrap().run_as_non_root, Some(true), "our security context stays");
+            let ours = &spec.containers[0];
+            assert_eq!(ours.image_pull_policy.as_deref(), Some("Never"));
+            if ours.name == "runner" {
+                assert_eq!(ours.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "128Mi");
+                assert_eq!(spec.containers[1].image_pull_policy, None, "the function's image is the user's");
+            }
+        }
+    }
+
+    #[test]
+    fn external_topics_are_those_nothing_in_the_pipeline_writes() {
+        let plan = plan(&example(), &Settings::new("img")).unwrap();
+        assert_eq!(plan.external_topics, ["stocktrade", "users"]);
     }
 }

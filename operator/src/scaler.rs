@@ -71,8 +71,15 @@ impl Scalers {
     }
 }
 
-/// librdkafka settings for reading a Pipeline's lag, credentials read from its Secrets.
-async fn kafka_properties(client: &Client, ns: &str, spec: &KafkaSpec) -> anyhow::Result<BTreeMap<String, String>> {
+/// librdkafka settings for reading a Pipeline's lag, credentials read from its Secrets: the
+/// connection settings, only the allowed keys of the Pipeline's properties (this client runs in
+/// the operator, with the operator's ServiceAccount), and the administrator's properties.
+pub(crate) async fn kafka_properties(
+    client: &Client,
+    ns: &str,
+    spec: &KafkaSpec,
+    trusted: &BTreeMap<String, String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut credentials = HashMap::new();
     if let Some(sasl) = &spec.sasl {
@@ -88,13 +95,44 @@ async fn kafka_properties(client: &Client, ns: &str, spec: &KafkaSpec) -> anyhow
             credentials.insert(var.to_string(), value.unwrap_or_default());
         }
     }
-    let mut props = KafkaConfig::from_spec(spec, None).client_properties(|name| credentials.get(name).cloned())?;
+    let config = KafkaConfig { trusted_properties: trusted.clone(), ..KafkaConfig::from_spec(spec, None) };
+    let mut props = config.operator_client_properties(|name| credentials.get(name).cloned())?;
     if let Some(ca) = spec.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
         let secret = secrets.get(&ca.name).await?;
         let pem = secret.data.as_ref().and_then(|d| d.get(&ca.key)).map(|b| String::from_utf8_lossy(&b.0).into_owned());
         props.insert("ssl.ca.pem".into(), pem.unwrap_or_default());
     }
     Ok(props)
+}
+
+/// Which of `topics` the Pipeline's Kafka cluster does not have (one metadata request, with the
+/// operator's narrowed client properties).
+pub async fn missing_topics(
+    client: &Client,
+    ns: &str,
+    spec: &KafkaSpec,
+    trusted: &BTreeMap<String, String>,
+    topics: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let props = kafka_properties(client, ns, spec, trusted).await?;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut c = ClientConfig::new();
+        for (k, v) in &props {
+            c.set(k, v);
+        }
+        let consumer: BaseConsumer = c.create()?;
+        // Short: the reconcile waits for it.
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
+        let present: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.name())
+            .collect();
+        Ok(topics.into_iter().filter(|t| !present.contains(&t.as_str())).collect())
+    })
+    .await?
 }
 
 /// Read a function's lag: the source's end offsets (last stable), its group's committed offsets.
@@ -174,8 +212,10 @@ pub async fn run(
     scalers: Arc<Scalers>,
     recorder: Recorder,
     metrics: Arc<crate::server::Metrics>,
+    settings: crate::render::Settings,
 ) {
     let started = Instant::now();
+    let trusted = Arc::new(settings.kafka_properties);
     // A fine tick, so that each function is read close to every `pollInterval` (a reading that
     // is still running when its next one falls due is followed at the next tick, not a second
     // later).
@@ -208,19 +248,20 @@ pub async fn run(
                     due
                 };
                 if due {
-                    let (client, pipeline, f, scalers, recorder, metrics) = (
-                        client.clone(),
-                        pipeline.clone(),
-                        f.clone(),
-                        scalers.clone(),
-                        recorder.clone(),
-                        metrics.clone(),
-                    );
+                    let (pipeline, f) = (pipeline.clone(), f.clone());
+                    let loop_ = Loop {
+                        client: client.clone(),
+                        scalers: scalers.clone(),
+                        recorder: recorder.clone(),
+                        metrics: metrics.clone(),
+                        trusted: trusted.clone(),
+                        started,
+                    };
                     tokio::spawn(async move {
-                        if let Err(e) = scale(&client, &pipeline, &f, &scalers, &recorder, &metrics, started).await {
+                        if let Err(e) = scale(&loop_, &pipeline, &f).await {
                             tracing::warn!(pipeline = %pipeline.name_any(), function = %f.name, error = %e, "autoscaling");
                         }
-                        let mut entries = scalers.entries.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut entries = loop_.scalers.entries.lock().unwrap_or_else(|p| p.into_inner());
                         if let Some(entry) = entries.get_mut(&key) {
                             entry.busy = false;
                         }
@@ -247,15 +288,19 @@ pub async fn run(
     }
 }
 
-async fn scale(
-    client: &Client,
-    pipeline: &Pipeline,
-    f: &FunctionSpec,
-    scalers: &Scalers,
-    recorder: &Recorder,
-    metrics: &crate::server::Metrics,
+/// What one reading of one function needs of the loop.
+struct Loop {
+    client: Client,
+    scalers: Arc<Scalers>,
+    recorder: Recorder,
+    metrics: Arc<crate::server::Metrics>,
+    /// The administrator's Kafka properties.
+    trusted: Arc<BTreeMap<String, String>>,
     started: Instant,
-) -> anyhow::Result<()> {
+}
+
+async fn scale(loop_: &Loop, pipeline: &Pipeline, f: &FunctionSpec) -> anyhow::Result<()> {
+    let Loop { client, scalers, recorder, metrics, trusted, started } = loop_;
     let ns = pipeline.namespace().unwrap_or_default();
     let name = pipeline.name_any();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -263,7 +308,7 @@ async fn scale(
     let Some(deployment) = deployments.get_opt(&deployment_name).await? else { return Ok(()) };
     let current = deployment.spec.replicas.unwrap_or(1);
     let group = format!("{ns}.{name}.{}", f.name);
-    let reading = match kafka_properties(client, &ns, &pipeline.spec.kafka).await {
+    let reading = match kafka_properties(client, &ns, &pipeline.spec.kafka, trusted).await {
         Ok(props) => {
             let f = f.clone();
             tokio::task::spawn_blocking(move || read_lag(&props, &group, &f))

@@ -36,6 +36,10 @@ pub struct Observed {
     pub queries: Vec<(String, String)>,
     /// Per function.
     pub functions: Vec<FunctionObserved>,
+    /// Source topics that do not exist and that nothing in the Pipeline writes.
+    pub missing_topics: Vec<String>,
+    /// Why the source topics could not be checked (Kafka unreachable, credentials refused).
+    pub kafka_error: Option<String>,
 }
 
 /// The next status, keeping each condition's `lastTransitionTime` when nothing about it changed.
@@ -103,8 +107,24 @@ pub fn status(previous: Option<&PipelineStatus>, observed: &Observed, now: Time)
         if functions_ready { "Ready" } else { "NotReady" },
         if functions_ready { String::new() } else { format!("not ready: {}", waiting.join(", ")) },
     ));
-    let ready = processor_ready && functions_ready;
-    conditions.push(condition("Ready", ready, if ready { "Ready" } else { "NotReady" }, String::new()));
+    let ready = processor_ready && functions_ready && observed.missing_topics.is_empty();
+    let (reason, message) = if !observed.missing_topics.is_empty() {
+        (
+            "SourceTopicMissing",
+            format!(
+                "source topic(s) {} do not exist and nothing in the Pipeline writes them: create them; the Pipeline starts on its own once they exist",
+                observed.missing_topics.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    } else if ready {
+        ("Ready", String::new())
+    } else if let Some(e) = &observed.kafka_error {
+        // Not ready, and Kafka does not answer the operator either: the likely reason.
+        ("KafkaUnavailable", format!("checking the source topics in Kafka failed: {e}"))
+    } else {
+        ("NotReady", String::new())
+    };
+    conditions.push(condition("Ready", ready, reason, message));
     let ever_ready = previous.and_then(|p| p.phase).is_some_and(|p| matches!(p, Phase::Running | Phase::Degraded));
     let rescaling = matches!(observed.processor, Some((_, _, true)));
     let phase = match (ready, ever_ready) {
@@ -217,6 +237,42 @@ mod tests {
         let sql = failed.conditions.iter().find(|c| c.type_ == "SqlValid").unwrap();
         assert_eq!((sql.status.as_str(), sql.message.as_str()), ("False", "line 2:8: boom"));
         assert_eq!(failed.processor, running.processor, "the running processor is still reported");
+    }
+
+    #[test]
+    fn a_missing_source_topic_is_named_in_ready() {
+        let missing = Observed {
+            generation: Some(1),
+            processor: Some((1, 0, false)),
+            missing_topics: vec!["users".into()],
+            ..Observed::default()
+        };
+        let s = status(None, &missing, t("2026-01-01T00:00:00Z"));
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SourceTopicMissing"));
+        assert!(ready.message.contains("'users'"), "{}", ready.message);
+        assert_eq!(s.phase, Some(Phase::Pending));
+        let there = Observed { processor: Some((1, 1, false)), missing_topics: Vec::new(), ..missing.clone() };
+        assert_eq!(status(Some(&s), &there, t("2026-01-01T00:00:10Z")).phase, Some(Phase::Running));
+    }
+
+    #[test]
+    fn kafka_that_does_not_answer_is_the_reason_only_while_not_ready() {
+        let o = Observed {
+            generation: Some(1),
+            processor: Some((1, 0, false)),
+            kafka_error: Some("Meta data fetch error: BrokerTransportFailure".into()),
+            ..Observed::default()
+        };
+        let s = status(None, &o, t("2026-01-01T00:00:00Z"));
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "KafkaUnavailable"));
+        assert!(ready.message.contains("BrokerTransportFailure"), "{}", ready.message);
+        // A running Pipeline stays Ready through one failed check of the operator's own.
+        let running = Observed { processor: Some((1, 1, false)), ..o };
+        let s = status(Some(&s), &running, t("2026-01-01T00:00:10Z"));
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Ready"));
     }
 
     #[test]

@@ -157,6 +157,16 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
     let refused = apply(&client, &ns, &bigger).await.expect_err("a storage change is refused");
     assert!(refused.to_string().contains("processor.storage cannot be changed"), "{refused}");
 
+    // A Kafka property that makes librdkafka run a command is refused at apply time, by the CRD,
+    // with its field path and the key.
+    let mut kinit = example(&ns)?;
+    kinit["spec"]["kafka"]["properties"] =
+        json!({"client.rack": "a", "sasl.kerberos.kinit.cmd": "sh -c 'id > /tmp/pwned'"});
+    let refused = apply(&client, &ns, &kinit).await.expect_err("a command-running property is refused");
+    let text = refused.to_string();
+    assert!(text.contains("spec.kafka.properties"), "{text}");
+    assert!(text.contains("\"sasl.kerberos.kinit.cmd\" may not be set in a Pipeline"), "{text}");
+
     // Change the SQL: the processor's template hash changes, the function's does not.
     let old_hash = template_hash(&sts);
     let fn_hash = deployment.spec.template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
@@ -194,6 +204,22 @@ async fn pipelines_are_reconciled_into_their_children() -> anyhow::Result<()> {
     assert_eq!(config_after.data, config_before.data, "the config files are left as they were");
     assert_eq!(deployments.get("trades-fn-settle").await?.resource_version(), deployment_before);
     assert_eq!(pipelines.get("trades").await?.status.and_then(|s| s.phase), Some(sluice_crds::pipeline::Phase::Failed));
+
+    // SQL nested deeper than the parser's limit: an SQL error like any other, and the operator
+    // (which plans every Pipeline's SQL) stays up.
+    let mut deep = changed.clone();
+    deep["spec"]["processor"]["sql"] = json!(format!(
+        "{sql}\nCREATE STREAM X AS SELECT * FROM STOCKTRADE WHERE quantity = {}1{};\n",
+        "(".repeat(20_000),
+        ")".repeat(20_000)
+    ));
+    apply(&client, &ns, &deep).await?;
+    wait_for("SqlValid=False for nested SQL", Duration::from_secs(60), || {
+        let api = pipelines.clone();
+        async move { Ok(condition(&api, "SqlValid").await?.filter(|c| c.0 == "False" && c.1.contains("nested too deeply"))) }
+    })
+    .await?;
+    assert!(sluice_tests::http(op.port, "GET", "/healthz", None).is_some_and(|(s, _)| s == 200), "the operator is up");
 
     // Remove the function: its Deployment and Service go.
     let mut no_function = changed.clone();

@@ -35,7 +35,13 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     if s.ready.load(Ordering::SeqCst) {
         "ready".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: assigning partitions").into_response()
+        let waiting = s.waiting_for.lock().map(|w| w.clone()).unwrap_or_default();
+        let why = if waiting.is_empty() {
+            "not ready: starting (topics, partitions, state)".to_owned()
+        } else {
+            format!("not ready: waiting for source topics that do not exist: {}", waiting.join(", "))
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
     }
 }
 

@@ -42,7 +42,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init();
-    match cli.command {
+    // Every thread that parses, plans or evaluates SQL gets room for the deepest tree the parser
+    // accepts (sluice_sql::MAX_DEPTH), this one (the SQL of the config and of `test`) included.
+    std::thread::Builder::new()
+        .name("main".into())
+        .stack_size(sluice_sql::SQL_STACK_SIZE)
+        .spawn(move || command(cli.command))
+        .and_then(|t| t.join().map_err(|_| std::io::Error::other("panicked")))
+        .unwrap_or_else(|e| {
+            eprintln!("sluice-processor: {e}");
+            ExitCode::from(1)
+        })
+}
+
+fn command(command: Command) -> ExitCode {
+    match command {
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -63,7 +77,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         sluice_crds::config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let ordinal = config.resolve_ordinal(std::env::var("POD_NAME").ok().as_deref())?;
     let shared = runtime::Shared::new(&config, ordinal)?;
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(sluice_sql::SQL_STACK_SIZE)
+        .build()?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&config.listen))
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -80,7 +97,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         stopper.stop.store(true, Ordering::SeqCst);
     });
     let worker = shared.clone();
-    let result = std::thread::spawn(move || runtime::run(&config, ordinal, worker))
+    let result = std::thread::Builder::new()
+        .name("processing".into())
+        .stack_size(sluice_sql::SQL_STACK_SIZE)
+        .spawn(move || runtime::run(&config, ordinal, worker))?
         .join()
         .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

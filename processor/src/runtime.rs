@@ -14,7 +14,10 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
-use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -48,7 +51,17 @@ pub struct Metrics {
     pub commits: Counter,
     /// Changelog records applied while restoring state.
     pub restored: Counter,
+    /// Records read, per source topic (a query's input rate, for the live view).
+    pub topic_in: Family<Vec<(&'static str, String)>, Counter>,
+    /// Records written, per sink topic.
+    pub topic_out: Family<Vec<(&'static str, String)>, Counter>,
+    /// Bytes each state store holds on disk and in memory (RocksDB's estimate), refreshed every
+    /// few seconds.
+    pub store_bytes: Family<Vec<(&'static str, String)>, Gauge>,
 }
+
+/// How often the stores' sizes are read.
+const STORE_SIZES_EVERY: Duration = Duration::from_secs(5);
 
 /// The consumer's context: per partition, from librdkafka's statistics (every 100 ms), the last
 /// stable offset and the offset after the last record handed to the processor, so an empty
@@ -121,6 +134,9 @@ pub struct Shared {
     pub push: Mutex<HashMap<String, (PushQuery, PushSender)>>,
     /// The repartition topics, with the inputs whose partition count they take.
     pub repartition_topics: Vec<(String, Vec<String>)>,
+    /// Source topics the start waits for (they do not exist and nothing in the Pipeline writes
+    /// them); `/readyz` names them.
+    pub waiting_for: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -152,6 +168,9 @@ impl Shared {
         );
         registry.register("commits", "Transactions or offset commits completed", metrics.commits.clone());
         registry.register("restored", "Changelog records applied while restoring state", metrics.restored.clone());
+        registry.register("topic_records_in", "Records read, per source topic", metrics.topic_in.clone());
+        registry.register("topic_records_out", "Records written by queries, per sink topic", metrics.topic_out.clone());
+        registry.register("store_bytes", "Size of each state store (RocksDB's estimate)", metrics.store_bytes.clone());
         Ok(Arc::new(Shared {
             engine: Mutex::new(engine),
             ready: AtomicBool::new(false),
@@ -165,6 +184,7 @@ impl Shared {
             partitions: Mutex::new(BTreeMap::new()),
             push: Mutex::new(HashMap::new()),
             repartition_topics,
+            waiting_for: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -184,39 +204,101 @@ fn partition_counts<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> anyhow::R
     Ok(metadata.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len() as i32)).collect())
 }
 
-/// Check the sources, create the sinks and the processing log; returns partition counts.
-fn prepare_topics(
-    config: &ProcessorConfig,
-    shared: &Shared,
-    consumer: &BaseConsumer<Lag>,
-) -> anyhow::Result<BTreeMap<String, i32>> {
-    let engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
+/// A topic a start creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopicPlan {
+    /// Its name.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: i32,
+    /// Its replication factor; `None`: the processor's (`ksql.sink.replicas`, else the broker's).
+    pub replication: Option<i32>,
+}
+
+/// What a start needs of the cluster's topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicPlan {
+    /// Topics to create, in order.
+    pub create: Vec<NewTopicPlan>,
+    /// Sources nothing in the Pipeline writes and the cluster does not have (yet): the start
+    /// waits for them, creating nothing.
+    pub missing: Vec<String>,
+}
+
+/// Plan the topics of a start from the counts the cluster has. Each topic is planned with the
+/// partitions of the topics it derives from, counting those created earlier in the same plan:
+/// a query that reads another query's sink (CSAS → grouped CTAS, join → aggregate) gets the
+/// partitions that sink is created with, not the 1 of a topic not yet there (which made every
+/// later start refuse the repartition topic it had created); a function's output that the SQL
+/// reads (`functions`) gets its spec's partitions or those of the function's source, which may
+/// itself be a sink of this plan.
+pub fn plan_topics<S: sluice_engine::store::StateStore>(
+    engine: &Engine<S>,
+    repartition_topics: &[(String, Vec<String>)],
+    functions: &[sluice_crds::config::TopicSpec],
+    counts: &BTreeMap<String, i32>,
+    application_id: &str,
+) -> anyhow::Result<TopicPlan> {
     let (read, written) = engine.topics();
-    let mut counts = partition_counts(consumer)?;
-    let missing: Vec<&String> = read.iter().filter(|t| !written.contains(t) && !counts.contains_key(*t)).collect();
+    let from_functions = |t: &String| functions.iter().find(|f| &f.topic == t);
+    let missing: Vec<String> = read
+        .iter()
+        .filter(|t| !written.contains(t) && !counts.contains_key(*t) && from_functions(t).is_none())
+        .cloned()
+        .collect();
     if !missing.is_empty() {
+        return Ok(TopicPlan { create: Vec::new(), missing });
+    }
+    // What each topic has, or will have once this plan is carried out.
+    let mut planned = counts.clone();
+    let mut create: Vec<NewTopicPlan> = Vec::new();
+    let want = |planned: &mut BTreeMap<String, i32>, create: &mut Vec<NewTopicPlan>, topic: &str, n: i32, r| {
+        planned.insert(topic.to_owned(), n);
+        create.push(NewTopicPlan { topic: topic.to_owned(), partitions: n, replication: r });
+    };
+    // Sinks and the function topics the SQL reads depend on each other (a sink feeds a function
+    // whose output a later query reads): plan whatever has its inputs planned, until nothing
+    // changes. A sink gets the partition count of its query's inputs (ksqlDB's default) unless
+    // its WITH clause names one.
+    loop {
+        let mut changed = false;
+        for f in functions {
+            if !read.contains(&f.topic) || planned.contains_key(&f.topic) {
+                continue;
+            }
+            let n = match (f.partitions, &f.partitions_of) {
+                (Some(n), _) => Some(n),
+                (None, Some(of)) => planned.get(of).copied().or((!written.contains(of)).then_some(1)),
+                (None, None) => Some(1),
+            };
+            if let Some(n) = n {
+                want(&mut planned, &mut create, &f.topic, n, f.replication_factor);
+                changed = true;
+            }
+        }
+        for q in &engine.queries {
+            let Some(sink) = engine.catalog.get(&q.sink) else { continue };
+            if planned.contains_key(&sink.topic) || !q.inputs.iter().all(|t| planned.contains_key(t)) {
+                continue;
+            }
+            let n = sink.partitions.or_else(|| q.inputs.iter().filter_map(|t| planned.get(t).copied()).max());
+            want(&mut planned, &mut create, &sink.topic, n.unwrap_or(1), sink.replicas.map(i32::from));
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+    }
+    if let Some(q) = engine.queries.iter().find(|q| q.inputs.iter().any(|t| !planned.contains_key(t))) {
         bail!(
-            "source topic(s) missing: {}; create them (the processor creates only the topics its queries write)",
-            missing.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
+            "query {}: its inputs feed each other in a cycle no topic breaks; create one of them: {:?}",
+            q.id,
+            q.inputs
         );
     }
-    let replication = match config.properties.get("ksql.sink.replicas").or(config.properties.get("replication.factor"))
-    {
-        Some(r) => r.parse::<i32>().map_err(|_| anyhow!("properties: replication factor {r:?} is not a number"))?,
-        None => -1,
-    };
-    // A sink gets the partition count of its query's first input (ksqlDB's default).
-    let mut wanted: Vec<(String, i32)> = Vec::new();
     for q in &engine.queries {
-        let Some(sink) = engine.catalog.get(&q.sink) else { continue };
-        if counts.contains_key(&sink.topic) || wanted.iter().any(|(t, _)| *t == sink.topic) {
-            continue;
-        }
-        let partitions =
-            sink.partitions.or_else(|| q.inputs.iter().filter_map(|t| counts.get(t).copied()).max()).unwrap_or(1);
-        wanted.push((sink.topic.clone(), partitions));
         if q.inputs.len() == 2 {
-            let (a, b) = (counts.get(&q.inputs[0]), counts.get(&q.inputs[1]));
+            let (a, b) = (planned.get(&q.inputs[0]), planned.get(&q.inputs[1]));
             if let (Some(a), Some(b)) = (a, b)
                 && a != b
             {
@@ -230,34 +312,84 @@ fn prepare_topics(
         }
     }
     // A repartition topic takes the partition count of its query's inputs.
-    for (topic, inputs) in &shared.repartition_topics {
-        let partitions = inputs.iter().filter_map(|t| counts.get(t).copied()).max().unwrap_or(1);
+    for (topic, inputs) in repartition_topics {
+        let partitions = inputs.iter().filter_map(|t| planned.get(t).copied()).max().unwrap_or(1);
         match counts.get(topic) {
             Some(n) if *n != partitions => bail!(
                 "the repartition topic '{topic}' has {n} partitions and its query's inputs {partitions}; \
                  delete it (it holds only records in flight) or recreate the inputs"
             ),
             Some(_) => {}
-            None => {
-                wanted.push((topic.clone(), partitions));
-            }
+            None => want(&mut planned, &mut create, topic, partitions, None),
         }
     }
-    let log = format!("{}-processing-log", config.application_id);
-    if !counts.contains_key(&log) {
-        wanted.push((log, 1));
+    let log = format!("{application_id}-processing-log");
+    if !planned.contains_key(&log) {
+        want(&mut planned, &mut create, &log, 1, None);
     }
-    let changelog = changelog_topic(config);
-    let max_partitions = read.iter().filter_map(|t| counts.get(t).copied()).max().unwrap_or(1);
-    if let Some(n) = counts.get(&changelog)
-        && *n < max_partitions
+    let changelog = format!("{application_id}-changelog");
+    let max_partitions = read.iter().filter_map(|t| planned.get(t).copied()).max().unwrap_or(1);
+    match counts.get(&changelog) {
+        Some(n) if *n < max_partitions => {
+            bail!("the changelog topic '{changelog}' has {n} partitions, fewer than the sources' {max_partitions}")
+        }
+        Some(_) => {}
+        None => want(&mut planned, &mut create, &changelog, max_partitions, None),
+    }
+    Ok(TopicPlan { create, missing: Vec::new() })
+}
+
+/// Check the sources, create the sinks and the processing log; returns partition counts.
+fn prepare_topics(
+    config: &ProcessorConfig,
+    shared: &Shared,
+    consumer: &BaseConsumer<Lag>,
+) -> anyhow::Result<BTreeMap<String, i32>> {
+    let mut counts = partition_counts(consumer)?;
+    let replication = match config.properties.get("ksql.sink.replicas").or(config.properties.get("replication.factor"))
     {
-        bail!("the changelog topic '{changelog}' has {n} partitions, fewer than the sources' {max_partitions}");
+        Some(r) => r.parse::<i32>().map_err(|_| anyhow!("properties: replication factor {r:?} is not a number"))?,
+        None => -1,
+    };
+    // Sources nothing in the Pipeline writes may appear later (created by hand, by another
+    // team, by an operator like Strimzi's): wait for them, saying which, instead of exiting into
+    // a crash loop.
+    let mut announced = Vec::new();
+    let plan = loop {
+        let plan = plan_topics(
+            &*shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?,
+            &shared.repartition_topics,
+            &config.function_topics,
+            &counts,
+            &config.application_id,
+        )?;
+        *shared.waiting_for.lock().map_err(|_| anyhow!("lock poisoned"))? = plan.missing.clone();
+        if plan.missing.is_empty() {
+            break plan;
+        }
+        if plan.missing != announced {
+            warn!(topics = ?plan.missing, "waiting for source topics that do not exist (nothing in the Pipeline writes them)");
+            announced = plan.missing.clone();
+        }
+        for _ in 0..20 {
+            if shared.stop.load(Ordering::SeqCst) {
+                bail!("stopped while waiting for source topics {:?}", plan.missing);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A broker that does not answer for a moment is no reason to exit: wait on.
+        match partition_counts(consumer) {
+            Ok(c) => counts = c,
+            Err(e) => warn!(error = %e, "reading topic metadata while waiting for source topics; retrying"),
+        }
+    };
+    if !announced.is_empty() {
+        info!("every source topic exists now");
     }
-    if !counts.contains_key(&changelog) {
-        wanted.push((changelog.clone(), max_partitions));
-    }
-    drop(engine);
+    let wanted: Vec<(String, i32)> = plan.create.iter().map(|t| (t.topic.clone(), t.partitions)).collect();
+    let replication_of =
+        |name: &str| plan.create.iter().find(|t| t.topic == name).and_then(|t| t.replication).unwrap_or(replication);
+    let changelog = changelog_topic(config);
     if !wanted.is_empty() && config.topic_creation == TopicCreation::AutoCreate {
         // A cluster that creates topics on first use (the demo's embedded Kafka, which has no
         // admin API): asking for their metadata creates them, with its default partitions.
@@ -271,7 +403,7 @@ fn prepare_topics(
         let topics: Vec<NewTopic<'_>> = wanted
             .iter()
             .map(|(name, partitions)| {
-                let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(replication));
+                let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(replication_of(name)));
                 if *name == changelog { topic.set("cleanup.policy", "compact") } else { topic }
             })
             .collect();
@@ -291,6 +423,17 @@ fn prepare_topics(
         loop {
             counts = partition_counts(consumer)?;
             if wanted.iter().all(|(t, _)| counts.contains_key(t)) {
+                // A topic made meanwhile by someone else with another count would be refused by
+                // the next start (repartition, changelog) or break co-partitioning: say so now.
+                if config.topic_creation != TopicCreation::AutoCreate
+                    && let Some((t, n)) = wanted.iter().find(|(t, n)| counts.get(t).is_some_and(|c| c != n))
+                {
+                    bail!(
+                        "topic '{t}' has {} partitions where this Pipeline needs {n}; it was created meanwhile \
+                         with another count: delete it or recreate it with {n}",
+                        counts[t]
+                    );
+                }
                 break;
             }
             if Instant::now() > deadline {
@@ -493,6 +636,11 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
         slots[p] = Some(i);
     }
     let tasks = owned.iter().map(|(_, p)| *p as usize + 1).max().unwrap_or(1);
+    // The per-topic counters, by partition index (no lookup per record) and by sink topic.
+    let topic_in: Vec<Counter> =
+        owned.iter().map(|(t, _)| shared.metrics.topic_in.get_or_create(&vec![("topic", t.clone())]).clone()).collect();
+    let mut topic_out: HashMap<String, Counter> = HashMap::new();
+    let mut sizes_read = Instant::now() - STORE_SIZES_EVERY;
     let mut queues: Vec<VecDeque<Record>> = vec![VecDeque::new(); owned.len()];
     let mut empty_since: Vec<Instant> = vec![Instant::now(); owned.len()];
     let mut positions: Vec<Option<i64>> = vec![None; owned.len()];
@@ -582,6 +730,7 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                 caught_up[i] = None;
             }
             shared.metrics.records_in.inc();
+            topic_in[i].inc();
             let (timestamp, offset) = (rec.timestamp, rec.offset);
             let (outputs, errors, changes) = {
                 let mut engine = shared.engine.lock().map_err(|_| anyhow!("engine lock poisoned"))?;
@@ -613,6 +762,16 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                 }
                 send(&producer, &out)?;
                 shared.metrics.records_out.inc();
+                match topic_out.get(&out.topic) {
+                    Some(c) => {
+                        c.inc();
+                    }
+                    None => {
+                        let c = shared.metrics.topic_out.get_or_create(&vec![("topic", out.topic.clone())]).clone();
+                        c.inc();
+                        topic_out.insert(out.topic.clone(), c);
+                    }
+                }
                 pending += 1;
             }
             for e in errors {
@@ -666,6 +825,12 @@ pub fn run(config: &ProcessorConfig, ordinal: i32, shared: Arc<Shared>) -> anyho
                 return Err(e);
             }
             engine.store.commit()?;
+            if sizes_read.elapsed() >= STORE_SIZES_EVERY {
+                for (store, bytes) in engine.store.sizes() {
+                    shared.metrics.store_bytes.get_or_create(&vec![("store", store)]).set(bytes);
+                }
+                sizes_read = Instant::now();
+            }
             drop(engine);
             shared.metrics.commits.inc();
             pending = 0;
@@ -766,4 +931,118 @@ fn commit(
         consumer.commit(&offsets, CommitMode::Sync).context("committing offsets")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAIN: &str = "
+        CREATE TABLE USERS (userid VARCHAR PRIMARY KEY, region VARCHAR) WITH (kafka_topic='users', value_format='json');
+        CREATE STREAM TRADES (userid VARCHAR KEY, symbol VARCHAR, qty INT) WITH (kafka_topic='trades', value_format='json');
+        CREATE STREAM ENRICHED AS SELECT t.userid AS userid, t.symbol AS symbol, t.qty AS qty, u.region AS region
+          FROM TRADES t JOIN USERS u ON t.userid = u.userid;
+        CREATE STREAM BIG AS SELECT * FROM ENRICHED WHERE qty > 10;
+        CREATE TABLE PER_REGION AS SELECT region, COUNT(*) AS n, SUM(qty) AS q FROM BIG GROUP BY region;";
+
+    fn plan_with(
+        sql: &str,
+        functions: &[sluice_crds::config::TopicSpec],
+        counts: &[(&str, i32)],
+    ) -> anyhow::Result<TopicPlan> {
+        let mut engine = Engine::default();
+        engine.chain = false;
+        engine.execute_script(sql).map_err(|e| anyhow!("{e}"))?;
+        let repartition = engine.use_repartition_topics("app-");
+        let counts: BTreeMap<String, i32> = counts.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+        plan_topics(&engine, &repartition, functions, &counts, "app")
+    }
+
+    fn plan(sql: &str, counts: &[(&str, i32)]) -> anyhow::Result<BTreeMap<String, i32>> {
+        let p = plan_with(sql, &[], counts)?;
+        if !p.missing.is_empty() {
+            bail!("missing {:?}", p.missing);
+        }
+        Ok(p.create.into_iter().map(|t| (t.topic, t.partitions)).collect())
+    }
+
+    #[test]
+    fn a_chain_plans_every_level_with_the_partitions_of_the_sources() {
+        let wanted = plan(CHAIN, &[("users", 4), ("trades", 4)]).unwrap();
+        let repartition: Vec<_> = wanted.iter().filter(|(t, _)| t.ends_with("-repartition")).collect();
+        assert_eq!(repartition.len(), 1, "{wanted:?}");
+        assert_eq!(*repartition[0].1, 4, "{wanted:?}");
+        for topic in ["ENRICHED", "BIG", "PER_REGION", "app-changelog"] {
+            assert_eq!(wanted.get(topic), Some(&4), "{topic}: {wanted:?}");
+        }
+        assert_eq!(wanted.get("app-processing-log"), Some(&1));
+    }
+
+    #[test]
+    fn a_restart_of_a_chain_creates_nothing_and_refuses_nothing() {
+        let first = plan(CHAIN, &[("users", 4), ("trades", 4)]).unwrap();
+        let mut now: Vec<(&str, i32)> = vec![("users", 4), ("trades", 4)];
+        now.extend(first.iter().map(|(t, n)| (t.as_str(), *n)));
+        assert_eq!(plan(CHAIN, &now).unwrap(), BTreeMap::new());
+    }
+
+    #[test]
+    fn a_repartition_topic_of_the_wrong_size_is_still_refused() {
+        let first = plan(CHAIN, &[("users", 4), ("trades", 4)]).unwrap();
+        let mut now: Vec<(String, i32)> = vec![("users".into(), 4), ("trades".into(), 4)];
+        now.extend(first.iter().map(|(t, n)| (t.clone(), if t.ends_with("-repartition") { 1 } else { *n })));
+        let now: Vec<(&str, i32)> = now.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        let e = plan(CHAIN, &now).unwrap_err().to_string();
+        assert!(e.contains("has 1 partitions and its query's inputs 4"), "{e}");
+    }
+
+    #[test]
+    fn a_sink_that_names_its_partitions_passes_them_down_the_chain() {
+        let sql = "CREATE STREAM A (k VARCHAR KEY, v VARCHAR) WITH (kafka_topic='a', value_format='json');
+                   CREATE STREAM B WITH (partitions = 6) AS SELECT * FROM A;
+                   CREATE TABLE C AS SELECT v, COUNT(*) AS n FROM B GROUP BY v;";
+        let wanted = plan(sql, &[("a", 2)]).unwrap();
+        assert_eq!(wanted.get("B"), Some(&6));
+        assert_eq!(wanted.get("C"), Some(&6));
+        assert_eq!(wanted.iter().find(|(t, _)| t.ends_with("-repartition")).map(|(_, n)| *n), Some(6));
+        assert_eq!(wanted.get("app-changelog"), Some(&6));
+    }
+
+    #[test]
+    fn a_missing_source_is_waited_for_and_nothing_is_created_meanwhile() {
+        let p = plan_with(CHAIN, &[], &[("users", 4)]).unwrap();
+        assert_eq!(p.missing, ["trades"]);
+        assert!(p.create.is_empty());
+    }
+
+    /// The seed's shape: stocktrade → (SQL) user_trades → (function) trade-settlements → (SQL)
+    /// per-minute tables. The function's output is created by the processor, with the
+    /// partitions of the function's source, which is itself a sink of the same plan.
+    #[test]
+    fn a_function_output_the_sql_reads_is_created_with_its_sources_partitions() {
+        let sql = "CREATE STREAM TRADES (k VARCHAR KEY, v VARCHAR) WITH (kafka_topic='stocktrade', value_format='json');
+                   CREATE STREAM USER_TRADES WITH (kafka_topic='user_trades') AS SELECT * FROM TRADES;
+                   CREATE STREAM SETTLED (k VARCHAR KEY, d VARCHAR) WITH (kafka_topic='trade-settlements', value_format='json');
+                   CREATE TABLE PER_D AS SELECT d, COUNT(*) AS n FROM SETTLED GROUP BY d;";
+        let settle = sluice_crds::config::TopicSpec {
+            topic: "trade-settlements".into(),
+            partitions: None,
+            partitions_of: Some("user_trades".into()),
+            replication_factor: Some(1),
+        };
+        let dlq = sluice_crds::config::TopicSpec { topic: "user_trades.dlq".into(), ..settle.clone() };
+        let p = plan_with(sql, &[settle.clone(), dlq], &[("stocktrade", 3)]).unwrap();
+        assert!(p.missing.is_empty());
+        let get = |t: &str| p.create.iter().find(|x| x.topic == t).cloned();
+        assert_eq!(get("user_trades").map(|t| t.partitions), Some(3));
+        assert_eq!(get("trade-settlements").map(|t| (t.partitions, t.replication)), Some((3, Some(1))));
+        assert_eq!(get("PER_D").map(|t| t.partitions), Some(3));
+        assert_eq!(get("user_trades.dlq"), None, "the SQL does not read it: the runner creates it");
+        // Explicit partitions win.
+        let six = sluice_crds::config::TopicSpec { partitions: Some(6), ..settle };
+        let p = plan_with(sql, &[six], &[("stocktrade", 3)]).unwrap();
+        assert_eq!(p.create.iter().find(|x| x.topic == "PER_D").map(|t| t.partitions), Some(6));
+        // Without the function it is a missing source.
+        assert_eq!(plan_with(sql, &[], &[("stocktrade", 3)]).unwrap().missing, ["trade-settlements"]);
+    }
 }

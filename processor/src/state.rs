@@ -87,6 +87,22 @@ impl RocksStore {
         Ok(())
     }
 
+    /// Each store's size in bytes: its SST files plus its memtables (RocksDB's own figures);
+    /// the internal checkpoint store is left out.
+    pub fn sizes(&self) -> Vec<(String, i64)> {
+        let names = DB::list_cf(&Options::default(), &self.path).unwrap_or_default();
+        names
+            .into_iter()
+            .filter(|n| n != "default" && n != CHECKPOINT)
+            .filter_map(|n| {
+                let cf = self.db.cf_handle(&n)?;
+                let prop = |p: &str| self.db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+                let bytes = prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables");
+                Some((n, i64::try_from(bytes).unwrap_or(i64::MAX)))
+            })
+            .collect()
+    }
+
     /// The changes made since the last call (to produce to the changelog).
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)

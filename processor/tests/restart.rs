@@ -7,7 +7,7 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{Processor, free_port, pull, read_committed};
+use common::{Processor, free_port, pull, read_committed, records_in};
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -30,16 +30,6 @@ fn wait_for_totals(port: u16, truth: &BTreeMap<String, i64>) -> Vec<Value> {
         assert!(std::time::Instant::now() < deadline, "totals never reached the truth: {rows:?} != {want:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// `sluice_processor_records_in_total` of a replica (0 when it does not answer).
-fn records_in(port: u16) -> u64 {
-    let Some((_, text)) = common::http(port, "GET", "/metrics", None) else { return 0 };
-    text.lines()
-        .find(|l| l.starts_with("sluice_processor_records_in_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Produce `n` settlements over the symbols, counting them into `truth`.

@@ -422,6 +422,45 @@ impl Expr {
     pub fn new(kind: ExprKind) -> Self {
         Expr { kind, pos: Pos::default() }
     }
+
+    /// The operands, in order.
+    pub fn children(&self) -> Vec<&Expr> {
+        match &self.kind {
+            ExprKind::Column { .. } | ExprKind::Literal(_) => Vec::new(),
+            ExprKind::Unary { expr, .. }
+            | ExprKind::Not(expr)
+            | ExprKind::IsNull { expr, .. }
+            | ExprKind::Cast { expr, .. }
+            | ExprKind::Dereference { expr, .. }
+            | ExprKind::Lambda { body: expr, .. } => vec![expr],
+            ExprKind::Binary { left, right, .. } | ExprKind::IsDistinctFrom { left, right, .. } => vec![left, right],
+            ExprKind::Between { expr, low, high, .. } => vec![expr, low, high],
+            ExprKind::InList { expr, list, .. } => std::iter::once(&**expr).chain(list).collect(),
+            ExprKind::Like { expr, pattern, .. } => vec![expr, pattern],
+            ExprKind::Case { operand, whens, otherwise } => operand
+                .iter()
+                .map(|e| &**e)
+                .chain(whens.iter().flat_map(|(w, t)| [w, t]))
+                .chain(otherwise.iter().map(|e| &**e))
+                .collect(),
+            ExprKind::Function { args, .. } | ExprKind::Array(args) => args.iter().collect(),
+            ExprKind::Subscript { expr, index } => vec![expr, index],
+            ExprKind::Map(entries) => entries.iter().flat_map(|(k, v)| [k, v]).collect(),
+            ExprKind::Struct(fields) => fields.iter().map(|(_, v)| v).collect(),
+        }
+    }
+
+    /// The depth of the tree (a column or literal is 1), measured without recursion, so that
+    /// even a tree too deep to walk recursively can be measured.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1)];
+        while let Some((e, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            stack.extend(e.children().into_iter().map(|c| (c, d + 1)));
+        }
+        deepest
+    }
 }
 
 /// Expression kinds.

@@ -12,5 +12,7 @@ pub mod parser;
 pub mod types;
 
 pub use error::{Pos, SqlError};
-pub use parser::{parse_expression, parse_statement, parse_statements, parse_type};
+pub use parser::{
+    MAX_DEPTH, MAX_JOINS, SQL_STACK_SIZE, parse_expression, parse_statement, parse_statements, parse_type,
+};
 pub use types::SqlType;

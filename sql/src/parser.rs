@@ -65,7 +65,7 @@ pub fn is_reserved(word: &str) -> bool {
 /// Parse a script of `;`-separated statements. Each comes with the text it was parsed from.
 pub fn parse_statements(sql: &str) -> Result<Vec<(Statement, String)>, SqlError> {
     let tokens = tokenize(sql)?;
-    let mut parser = Parser { tokens, at: 0 };
+    let mut parser = Parser::new(tokens);
     let mut out = Vec::new();
     let offsets = line_offsets(sql);
     loop {
@@ -87,7 +87,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<(Statement, String)>, SqlError>
 /// Parse exactly one statement (a trailing `;` is allowed).
 pub fn parse_statement(sql: &str) -> Result<Statement, SqlError> {
     let tokens = tokenize(sql)?;
-    let mut parser = Parser { tokens, at: 0 };
+    let mut parser = Parser::new(tokens);
     let statement = parser.statement()?;
     parser.eat_symbol(Symbol::Semicolon);
     parser.expect_eof()?;
@@ -97,7 +97,7 @@ pub fn parse_statement(sql: &str) -> Result<Statement, SqlError> {
 /// Parse one expression.
 pub fn parse_expression(sql: &str) -> Result<Expr, SqlError> {
     let tokens = tokenize(sql)?;
-    let mut parser = Parser { tokens, at: 0 };
+    let mut parser = Parser::new(tokens);
     let expr = parser.expr()?;
     parser.expect_eof()?;
     Ok(expr)
@@ -106,7 +106,7 @@ pub fn parse_expression(sql: &str) -> Result<Expr, SqlError> {
 /// Parse one type, e.g. `ARRAY<STRUCT<A INT>>`.
 pub fn parse_type(sql: &str) -> Result<SqlType, SqlError> {
     let tokens = tokenize(sql)?;
-    let mut parser = Parser { tokens, at: 0 };
+    let mut parser = Parser::new(tokens);
     let ty = parser.sql_type()?;
     parser.expect_eof()?;
     Ok(ty)
@@ -128,12 +128,73 @@ fn slice<'a>(sql: &'a str, offsets: &[usize], start: Pos, end: Pos) -> &'a str {
     &sql[a.min(b)..b]
 }
 
+/// How deeply expressions, types and joins may nest: parentheses, function calls, `NOT`, signs,
+/// and the operands of a chain of binary operators (`a OR b OR c` nests once per `OR`) all
+/// count. Parsing, analysing, evaluating and dropping a syntax tree recurse once per level, so
+/// without a bound a few kilobytes of `(((…)))` overflow a thread's stack and abort the
+/// process. ksqlDB has no explicit limit; its parser fails at a few thousand levels. Long
+/// disjunctions are better written `x IN (a, b, …)`, which nests once.
+///
+/// A tree this deep needs about 0.5 MiB of stack to parse, analyse and evaluate in an optimised
+/// build and about 8 MiB in a debug build: threads that handle SQL run with [`SQL_STACK_SIZE`].
+pub const MAX_DEPTH: usize = 128;
+
+/// The stack of every thread that parses, plans or evaluates SQL a user sent (the processor's
+/// HTTP handlers and processing loop, the operator's reconciler, `sluice validate`): room for a
+/// tree [`MAX_DEPTH`] deep with a margin, in any build. Only the pages used are committed.
+pub const SQL_STACK_SIZE: usize = 16 * 1024 * 1024;
+
+/// The most joins one query may have (each nests the `FROM` clause's tree once more).
+pub const MAX_JOINS: usize = 64;
+
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// Nesting of the recursive rules in progress (see [`MAX_DEPTH`]).
+    depth: usize,
+    /// Joins in the current `FROM`.
+    joins: usize,
 }
 
 impl Parser {
+    fn new(tokens: Vec<Token>) -> Self {
+        Parser { tokens, at: 0, depth: 0, joins: 0 }
+    }
+
+    // ---- nesting ---------------------------------------------------------------------------
+
+    fn too_deep(&self, pos: Pos) -> SqlError {
+        SqlError::new(
+            pos,
+            format!(
+                "expression nested too deeply (more than {MAX_DEPTH} levels of parentheses, calls, operators or types); \
+                 write a long chain of OR as IN (...)"
+            ),
+        )
+    }
+
+    /// Run a recursive rule one level deeper, refusing past [`MAX_DEPTH`].
+    fn nested<T>(&mut self, rule: impl FnOnce(&mut Self) -> Result<T, SqlError>) -> Result<T, SqlError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.too_deep(self.peek().pos));
+        }
+        self.depth += 1;
+        let result = rule(self);
+        self.depth -= 1;
+        result
+    }
+
+    /// `left op right` in a chain of binary operators, whose tree deepens with every link:
+    /// `depth` carries the depth of `left` from link to link, so each operand is measured once.
+    fn link(&self, left: Expr, op: BinaryOp, right: Expr, depth: &mut Option<usize>) -> Result<Expr, SqlError> {
+        let d = 1 + depth.unwrap_or_else(|| left.depth()).max(right.depth());
+        if self.depth + d > MAX_DEPTH {
+            return Err(self.too_deep(right.pos));
+        }
+        *depth = Some(d);
+        Ok(Self::binary(left, op, right))
+    }
+
     // ---- token plumbing -------------------------------------------------------------------
 
     fn peek(&self) -> &Token {
@@ -561,21 +622,21 @@ impl Parser {
             }
             "ARRAY" => {
                 self.expect_symbol(Symbol::Lt)?;
-                let item = self.sql_type()?;
+                let item = self.nested(Self::sql_type)?;
                 self.expect_symbol(Symbol::Gt)?;
                 SqlType::Array(Box::new(item))
             }
             "MAP" => {
                 self.expect_symbol(Symbol::Lt)?;
-                let key = self.sql_type()?;
+                let key = self.nested(Self::sql_type)?;
                 self.expect_symbol(Symbol::Comma)?;
-                let value = self.sql_type()?;
+                let value = self.nested(Self::sql_type)?;
                 self.expect_symbol(Symbol::Gt)?;
                 SqlType::Map(Box::new(key), Box::new(value))
             }
             "STRUCT" => {
                 self.expect_symbol(Symbol::Lt)?;
-                SqlType::Struct(self.list_until(Symbol::Gt, |p| Ok((p.ident()?.name, p.sql_type()?)))?)
+                SqlType::Struct(self.list_until(Symbol::Gt, |p| Ok((p.ident()?.name, p.nested(Self::sql_type)?)))?)
             }
             _ => {
                 return Err(SqlError::new(
@@ -669,6 +730,7 @@ impl Parser {
     }
 
     fn relation(&mut self) -> Result<Relation, SqlError> {
+        self.joins = 0;
         let mut left = self.aliased_source()?;
         loop {
             let pos = self.peek().pos;
@@ -695,6 +757,10 @@ impl Parser {
             } else {
                 return Ok(left);
             };
+            self.joins += 1;
+            if self.joins > MAX_JOINS {
+                return Err(SqlError::new(pos, format!("too many joins in one query (more than {MAX_JOINS})")));
+            }
             let right = self.aliased_source()?;
             let within = if self.eat_word("WITHIN") { Some(self.within()?) } else { None };
             self.expect_word("ON")?;
@@ -804,7 +870,7 @@ impl Parser {
     // ---- expressions ----------------------------------------------------------------------
 
     fn expr(&mut self) -> Result<Expr, SqlError> {
-        self.or()
+        self.nested(Self::or)
     }
 
     fn binary(left: Expr, op: BinaryOp, right: Expr) -> Expr {
@@ -814,18 +880,20 @@ impl Parser {
 
     fn or(&mut self) -> Result<Expr, SqlError> {
         let mut left = self.and()?;
+        let mut depth = None;
         while self.eat_word("OR") {
             let right = self.and()?;
-            left = Self::binary(left, BinaryOp::Or, right);
+            left = self.link(left, BinaryOp::Or, right, &mut depth)?;
         }
         Ok(left)
     }
 
     fn and(&mut self) -> Result<Expr, SqlError> {
         let mut left = self.not()?;
+        let mut depth = None;
         while self.eat_word("AND") {
             let right = self.not()?;
-            left = Self::binary(left, BinaryOp::And, right);
+            left = self.link(left, BinaryOp::And, right, &mut depth)?;
         }
         Ok(left)
     }
@@ -833,7 +901,7 @@ impl Parser {
     fn not(&mut self) -> Result<Expr, SqlError> {
         let pos = self.peek().pos;
         if self.eat_word("NOT") {
-            let inner = self.not()?;
+            let inner = self.nested(Self::not)?;
             return Ok(Expr { kind: ExprKind::Not(Box::new(inner)), pos });
         }
         self.predicate()
@@ -916,6 +984,7 @@ impl Parser {
 
     fn additive(&mut self) -> Result<Expr, SqlError> {
         let mut left = self.multiplicative()?;
+        let mut depth = None;
         loop {
             let op = match self.peek_kind() {
                 TokenKind::Symbol(Symbol::Plus) => BinaryOp::Add,
@@ -925,12 +994,13 @@ impl Parser {
             };
             self.advance();
             let right = self.multiplicative()?;
-            left = Self::binary(left, op, right);
+            left = self.link(left, op, right, &mut depth)?;
         }
     }
 
     fn multiplicative(&mut self) -> Result<Expr, SqlError> {
         let mut left = self.unary()?;
+        let mut depth = None;
         loop {
             let op = match self.peek_kind() {
                 TokenKind::Symbol(Symbol::Star) => BinaryOp::Multiply,
@@ -940,7 +1010,7 @@ impl Parser {
             };
             self.advance();
             let right = self.unary()?;
-            left = Self::binary(left, op, right);
+            left = self.link(left, op, right, &mut depth)?;
         }
     }
 
@@ -953,14 +1023,22 @@ impl Parser {
         } else {
             return self.postfix();
         };
-        let expr = self.unary()?;
+        let expr = self.nested(Self::unary)?;
         Ok(Expr { kind: ExprKind::Unary { op, expr: Box::new(expr) }, pos })
     }
 
     fn postfix(&mut self) -> Result<Expr, SqlError> {
         let mut expr = self.primary()?;
+        let mut depth = None;
         loop {
             let pos = expr.pos;
+            if self.is_symbol(Symbol::LBracket) || self.is_symbol(Symbol::Arrow) {
+                let d = 1 + depth.unwrap_or_else(|| expr.depth());
+                if self.depth + d > MAX_DEPTH {
+                    return Err(self.too_deep(self.peek().pos));
+                }
+                depth = Some(d);
+            }
             if self.eat_symbol(Symbol::LBracket) {
                 let index = self.expr()?;
                 self.expect_symbol(Symbol::RBracket)?;

@@ -6,8 +6,10 @@ set -euo pipefail
 packages=(
   build-essential pkg-config cmake   # C/C++ toolchain for librdkafka and RocksDB
   libclang-dev                       # bindgen for RocksDB
-  libssl-dev libsasl2-dev            # librdkafka's ssl and sasl features
-  openssl curl python3               # test infrastructure: certificates, readiness checks, free ports
+  libssl-dev                         # librdkafka's ssl feature (SCRAM, TLS)
+  openssl curl python3 python3-pip   # test infrastructure: certificates, readiness checks, free ports, wheels
+  # The real single-node cluster (tests/infra/cluster.sh) and the daemonless images (images/build.sh)
+  containerd runc containernetworking-plugins iptables conntrack iproute2 mmdebstrap
 )
 
 missing=()

@@ -3,7 +3,9 @@
 #
 #   kafka.sh fetch   download/cache the broker jars with Maven (no-op when cached)
 #   kafka.sh start   (re)start a fresh broker on free 127.0.0.1 ports; wait until it
-#                    answers a metadata request; print export lines on stdout
+#                    answers a metadata request; print export lines on stdout. While the
+#                    test cluster runs (cluster.sh), it also listens on the node's address,
+#                    which pods reach: SLUICE_TEST_CLUSTER_BOOTSTRAP
 #   kafka.sh env     print the export lines of the running broker (exit 1 if none)
 #   kafka.sh stop    stop the broker and remove its run dir (exit 0 if none runs)
 #
@@ -226,6 +228,16 @@ start_once() {
   rm -rf "$RUN_DIR"
   mkdir -p "$RUN_DIR/data" "$LOG_DIR"
   render_props "$port" "$cport"
+  # While the test cluster runs (tests/infra/cluster.sh), pods must reach the broker: a second
+  # listener on the node's address, advertised as such.
+  local node_ip cluster_port=""
+  node_ip="$("$SCRIPT_DIR/cluster.sh" node-ip 2>/dev/null || true)"
+  if [[ -n "$node_ip" ]]; then
+    cluster_port="$(python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$node_ip")"
+    sed -i -e "s|^listeners=\(.*\)|listeners=\1,CLUSTER://$node_ip:$cluster_port|" \
+      -e "s|^advertised.listeners=\(.*\)|advertised.listeners=\1,CLUSTER://$node_ip:$cluster_port|" \
+      -e "s|^listener.security.protocol.map=\(.*\)|listener.security.protocol.map=\1,CLUSTER:PLAINTEXT|" "$PROPS"
+  fi
 
   log "formatting KRaft storage (cluster id $cid)"
   if ! kafka_tool kafka.tools.StorageTool format -t "$cid" -c "$PROPS" --standalone \
@@ -282,6 +294,7 @@ start_once() {
         {
           echo "export SLUICE_TEST_BOOTSTRAP=127.0.0.1:$port"
           echo "export SLUICE_TEST_KAFKA_VERSION=$KAFKA_VERSION"
+          [[ -z "$cluster_port" ]] || echo "export SLUICE_TEST_CLUSTER_BOOTSTRAP=$node_ip:$cluster_port"
         } >"$ENV_FILE"
         log "broker pid $pid ready on 127.0.0.1:$port after $((SECONDS - t0))s"
         START_RESULT=ready

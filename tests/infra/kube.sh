@@ -28,12 +28,16 @@ etcd_bin=$cache/etcd-$ETCD_VERSION
 log() { echo "kube.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-build_one() {  # build_one OUTPUT PACKAGE
-  local out=$1 pkg=$2 started=$SECONDS
-  [[ -x "$out" ]] && return 0
+build_one() {  # build_one OUTPUT PACKAGE [LDFLAGS]
+  local out=$1 pkg=$2 ldflags=${3:-} started=$SECONDS
+  # A kube-apiserver built without the version stamp reports v0.0.0-master, which kubectl
+  # cannot parse: such a cached binary is rebuilt.
+  if [[ -x "$out" ]] && { [[ -z $ldflags ]] || ! "$out" --version 2>/dev/null | grep -q 'v0.0.0'; }; then
+    return 0
+  fi
   command -v go >/dev/null || die "Go is required to build $pkg (install Go 1.26 or newer)"
   log "building $pkg into $out (first time only; several minutes)"
-  (cd "$module_dir" && GOFLAGS=-mod=readonly go build -trimpath -o "$out.tmp.$$" "$pkg") >&2 \
+  (cd "$module_dir" && GOFLAGS=-mod=readonly go build -trimpath ${ldflags:+-ldflags "$ldflags"} -o "$out.tmp.$$" "$pkg") >&2 \
     || { rm -f "$out.tmp.$$"; die "building $pkg failed"; }
   mv -f "$out.tmp.$$" "$out"
   log "built $(basename "$out") in $((SECONDS - started))s"
@@ -44,7 +48,10 @@ build() {
   # One build at a time, even when several callers race.
   exec 9>"$cache/.build.lock"
   flock 9
-  build_one "$apiserver_bin" k8s.io/kubernetes/cmd/kube-apiserver
+  local minor=${K8S_VERSION#v1.}
+  minor=${minor%%.*}
+  build_one "$apiserver_bin" k8s.io/kubernetes/cmd/kube-apiserver \
+    "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
   build_one "$etcd_bin" go.etcd.io/etcd/server/v3
   flock -u 9
 }

@@ -12,12 +12,15 @@
 #   PYTHON         the interpreter (default: python3); the wheel matches its version
 set -euo pipefail
 
-AWSLAMBDARIC_VERSION=4.2.2
+# The pins are the settle function's (examples/stocktrade/requirements.txt, also in its image and
+# in `sluice run`'s environment): what the tests run is what the example runs with.
+REQUIREMENTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/examples/stocktrade/requirements.txt"
+AWSLAMBDARIC_VERSION=$(sed -n 's/^awslambdaric==//p' "$REQUIREMENTS")
 CACHE_ROOT="${SLUICE_CACHE:-$HOME/.cache/sluice}"
 [[ "$CACHE_ROOT" == /* ]] || CACHE_ROOT="$PWD/$CACHE_ROOT"
 PYTHON="${PYTHON:-python3}"
 py_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-TARGET="$CACHE_ROOT/awslambdaric-$AWSLAMBDARIC_VERSION-py$py_version"
+TARGET="$CACHE_ROOT/awslambdaric-$AWSLAMBDARIC_VERSION-py$py_version-$(sha256sum "$REQUIREMENTS" | cut -c1-12)"
 
 case "${1:-}" in
   fetch)
@@ -26,7 +29,7 @@ case "${1:-}" in
       rm -rf "$TARGET"
       # Wheels only: the source build needs autotools and compiles curl.
       "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --only-binary :all: \
-        --target "$TARGET" "awslambdaric==$AWSLAMBDARIC_VERSION" simplejson==4.3.0 snapshot-restore-py==1.0.0 >&2
+        --target "$TARGET" -r "$REQUIREMENTS" >&2
       PYTHONPATH="$TARGET" "$PYTHON" -c 'import awslambdaric.bootstrap' >&2
       touch "$TARGET/.complete"
     fi

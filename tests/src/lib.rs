@@ -5,6 +5,8 @@
 //! `SLUICE_TEST_KUBECONFIG`). When one is missing a test stops with a message that says how to
 //! start it — and under `CI=true` it fails instead, so CI can never pass by skipping.
 
+pub mod cluster;
+
 use std::{
     future::Future,
     sync::atomic::{AtomicU32, Ordering},
@@ -46,7 +48,7 @@ pub fn helm() -> Option<String> {
     service("SLUICE_TEST_HELM", "eval \"$(tests/infra/helm.sh fetch)\"")
 }
 
-fn service(var: &str, how: &str) -> Option<String> {
+pub(crate) fn service(var: &str, how: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
@@ -104,6 +106,15 @@ pub fn repo_root() -> std::path::PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (for a child's listen address).
+/// A binary of the workspace's build, beside the test binaries (`target/<profile>/NAME`), for
+/// tests of another package than the binary's.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    exe.parent().and_then(std::path::Path::parent).expect("target/<profile>").join(name)
+}
+
+/// A free port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }

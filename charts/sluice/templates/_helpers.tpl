@@ -21,7 +21,7 @@ apply is patch, plus create when the object is new). */}}
   verbs: [list, watch]
 - apiGroups: [sluice.dev]
   resources: [pipelines/status]
-  verbs: [patch]
+  verbs: [get, patch]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [list, watch, create, patch]

@@ -55,3 +55,13 @@ pub fn pull(port: u16, sql: &str) -> Option<Vec<Value>> {
     let parsed: Value = serde_json::from_str(&body).ok()?;
     Some(parsed.as_array()?.iter().filter_map(|r| r.get("row").map(|x| x["columns"].clone())).collect())
 }
+
+/// `sluice_processor_records_in_total` of a replica (0 when it does not answer).
+pub fn records_in(port: u16) -> u64 {
+    let Some((_, text)) = http(port, "GET", "/metrics", None) else { return 0 };
+    text.lines()
+        .find(|l| l.starts_with("sluice_processor_records_in_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
