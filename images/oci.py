@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import stat
 import sys
 import tarfile
@@ -77,6 +78,9 @@ def main() -> int:
     p.add_argument("--entrypoint", type=json.loads, default=None)
     p.add_argument("--cmd", type=json.loads, default=None)
     p.add_argument("--label", action="append", default=[])
+    # The layers hold this machine's binaries and Debian packages: the image is for its architecture.
+    machine = platform.machine()
+    p.add_argument("--architecture", default={"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine))
     a = p.parse_args()
 
     name = a.name if ":" in a.name.rsplit("/", 1)[-1] else a.name + ":latest"
@@ -98,7 +102,7 @@ def main() -> int:
         config["Cmd"] = a.cmd
     config_blob = json.dumps(
         {
-            "architecture": "amd64",
+            "architecture": a.architecture,
             "os": "linux",
             "created": EPOCH,
             "config": config,
@@ -132,7 +136,7 @@ def main() -> int:
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "digest": digest(manifest),
                     "size": len(manifest),
-                    "platform": {"architecture": "amd64", "os": "linux"},
+                    "platform": {"architecture": a.architecture, "os": "linux"},
                     "annotations": {
                         "io.containerd.image.name": name,
                         "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
